@@ -1,0 +1,126 @@
+//! Secrets: values come from the host (environment variables or files named in
+//! the manifest's top-level `secrets:`), never from the manifest itself; a stage
+//! reads only the names it is granted (`permissions.secrets`); every value is
+//! redacted from everything gantry prints or writes.
+
+use super::{Denials, Subject, configure_names};
+use crate::manifest::{ManifestError, ManifestFile, Permissions, SecretSource, closest};
+use crate::redact::Redactor;
+use crate::runtime::bindings::secrets as wit;
+use crate::runtime::bindings::types::HostError;
+use crate::runtime::state::StageState;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct SecretsGrant {
+    pub names: Vec<String>,
+}
+
+impl SecretsGrant {
+    pub fn configure(
+        file: &ManifestFile,
+        field: &str,
+        perms: &Permissions,
+        errors: &mut Vec<ManifestError>,
+    ) -> Self {
+        let defined = &file.manifest.secrets;
+        let check = |name: &str| {
+            if defined.contains_key(name) {
+                return Ok(());
+            }
+            let help = match closest(name, defined.keys().map(String::as_str)) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => format!(
+                    "define it at the top level: `secrets: {{ {name}: {{ env: SOME_VARIABLE }} }}`"
+                ),
+            };
+            Err((
+                format!("secret `{name}` is granted but not defined under `secrets:`"),
+                Some(help),
+            ))
+        };
+        Self {
+            names: configure_names(
+                file,
+                &format!("{field}.secrets"),
+                &perms.secrets,
+                check,
+                errors,
+            ),
+        }
+    }
+}
+
+/// The run's secret values, read from their sources once when the run starts.
+#[derive(Default)]
+pub struct SecretStore {
+    values: BTreeMap<String, Result<String, String>>,
+}
+
+impl SecretStore {
+    /// Read every secret defined in the manifest. A missing source is not an
+    /// error until a stage asks for that secret.
+    pub fn resolve(file: &ManifestFile) -> Self {
+        let dir = file.dir();
+        let values = file
+            .manifest
+            .secrets
+            .iter()
+            .map(|(name, source)| {
+                let value = match &source.value {
+                    SecretSource::Env(var) => std::env::var(var)
+                        .map_err(|_| format!("environment variable `{var}` is not set")),
+                    SecretSource::File(path) => std::fs::read_to_string(dir.join(path))
+                        .map(|v| v.strip_suffix('\n').unwrap_or(&v).to_string())
+                        .map_err(|e| format!("cannot read `{path}`: {e}")),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        Self { values }
+    }
+
+    /// A redactor that masks every value this store holds.
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(
+            self.values
+                .values()
+                .filter_map(|v| v.as_ref().ok().cloned()),
+        )
+    }
+}
+
+pub struct SecretsState {
+    pub grant: SecretsGrant,
+    pub store: Arc<SecretStore>,
+    pub subject: Subject,
+    pub denials: Denials,
+}
+
+impl SecretsState {
+    pub fn get(&self, name: &str) -> Result<String, HostError> {
+        if !self.grant.names.iter().any(|n| n == name) {
+            let message = self.subject.denied(
+                "to read",
+                &format!("secret `{name}`"),
+                &format!("secrets: [{name}]"),
+            );
+            self.denials.record(message.clone());
+            return Err(HostError::Denied(message));
+        }
+        match self.store.values.get(name) {
+            Some(Ok(value)) => Ok(value.clone()),
+            Some(Err(why)) => Err(HostError::Failed(format!(
+                "secret `{name}` has no value: {why}"
+            ))),
+            None => Err(HostError::Failed(format!("secret `{name}` is not defined"))),
+        }
+    }
+}
+
+impl wit::Host for StageState {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, HostError>> {
+        Ok(self.secrets.get(&name))
+    }
+}

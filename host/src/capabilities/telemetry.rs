@@ -1,0 +1,130 @@
+//! Telemetry: metrics and events from stages, plus the host's own run and stage
+//! events, collected for the run and handed to the telemetry sinks at its end.
+
+use crate::runtime::bindings::telemetry as wit;
+use crate::runtime::bindings::types::{Event, EventKind};
+use crate::runtime::state::StageState;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A bounded buffer; events past the bound are counted, not kept.
+const MAX_EVENTS: usize = 100_000;
+
+/// The run's events, shared by all stages.
+#[derive(Clone, Default)]
+pub struct Collector {
+    inner: Arc<Mutex<Collected>>,
+}
+
+#[derive(Default)]
+struct Collected {
+    events: Vec<Event>,
+    dropped: u64,
+}
+
+impl Collector {
+    pub fn push(&self, event: Event) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if c.events.len() < MAX_EVENTS {
+            c.events.push(event);
+        } else {
+            c.dropped += 1;
+        }
+    }
+
+    /// All events so far, and how many were dropped.
+    pub fn drain(&self) -> (Vec<Event>, u64) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            std::mem::take(&mut c.events),
+            std::mem::take(&mut c.dropped),
+        )
+    }
+}
+
+/// What every event of a run carries.
+#[derive(Clone)]
+pub struct EventBase {
+    pub run_id: String,
+    pub pipeline: String,
+    pub environment: String,
+}
+
+impl EventBase {
+    pub fn event(&self, kind: EventKind, stage: Option<&str>, name: &str) -> Event {
+        Event {
+            kind,
+            timestamp_ms: now_ms(),
+            run_id: self.run_id.clone(),
+            pipeline: self.pipeline.clone(),
+            environment: self.environment.clone(),
+            stage: stage.map(str::to_string),
+            name: name.to_string(),
+            value: None,
+            duration_ms: None,
+            success: None,
+            properties: vec![],
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Per-instance state: the stage's name on its events.
+pub struct TelemetryState {
+    pub collector: Collector,
+    pub base: EventBase,
+    pub stage: String,
+    pub redactor: crate::redact::Redactor,
+}
+
+impl TelemetryState {
+    fn redact(&self, properties: Vec<(String, String)>) -> Vec<(String, String)> {
+        properties
+            .into_iter()
+            .map(|(k, v)| (self.redactor.redact(&k), self.redactor.redact(&v)))
+            .collect()
+    }
+}
+
+impl wit::Host for StageState {
+    async fn metric(
+        &mut self,
+        name: String,
+        value: f64,
+        properties: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let t = &self.telemetry;
+        let mut e = t
+            .base
+            .event(EventKind::Metric, Some(&t.stage), &t.redactor.redact(&name));
+        e.value = Some(value);
+        e.properties = t.redact(properties);
+        t.collector.push(e);
+        Ok(())
+    }
+
+    async fn event(
+        &mut self,
+        name: String,
+        properties: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        let t = &self.telemetry;
+        let kind = if name == "deployment" {
+            EventKind::Deployment
+        } else {
+            EventKind::Custom
+        };
+        let mut e = t
+            .base
+            .event(kind, Some(&t.stage), &t.redactor.redact(&name));
+        e.properties = t.redact(properties);
+        t.collector.push(e);
+        Ok(())
+    }
+}

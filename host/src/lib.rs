@@ -1,0 +1,30 @@
+//! gantry: a CI/CD pipeline host whose every stage is a sandboxed WebAssembly
+//! component speaking to the host only through the `gantry:pipeline` WIT package.
+//!
+//! Where to look:
+//! - [`manifest`]: the YAML pipeline manifest, parsed with spans, and its checks.
+//! - [`plan`]: a checked manifest resolved into what will run (plugins, grants, limits).
+//! - [`pipeline`]: runs a plan's stages and telemetry sinks.
+//! - [`runtime`]: the wasmtime engine, the compile cache, loading and running components.
+//! - [`capabilities`]: one module per host capability (log, secrets, exec, http, ...),
+//!   each with its grant (from the manifest) and its per-instance state.
+//! - [`plugins`]: built-in plugins embedded in the binary and local `.wasm` files.
+//! - [`report`] and [`redact`]: what the user sees, with secrets masked.
+//! - [`cli`]: the `gantry` command line.
+
+pub mod capabilities;
+pub mod cli;
+pub mod manifest;
+pub mod pipeline;
+pub mod plan;
+pub mod plugins;
+pub mod redact;
+pub mod report;
+pub mod runtime;
+pub mod units;
+
+/// The WIT package this host implements; plugins must be built against a
+/// semver-compatible version.
+pub const WIT_PACKAGE: &str = "gantry:pipeline";
+/// The version of [`WIT_PACKAGE`] this host implements.
+pub const WIT_VERSION: &str = "0.1.0";

@@ -1,0 +1,368 @@
+//! The pipeline manifest: YAML parsed with source spans, so that every error can
+//! name the file, line, column and field and show the offending line.
+//!
+//! This module only knows the shape of the file. Turning it into something that
+//! can run (resolving plugins, checking grants and limits) is [`crate::plan`].
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A manifest as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The pipeline's name, e.g. `hello`.
+    pub pipeline: Spanned<String>,
+    /// What the pipeline does, for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The workspace directory, relative to the manifest; the manifest's directory
+    /// when absent.
+    #[serde(default)]
+    pub workspace: Option<Spanned<String>>,
+    /// Aliases for plugins: `name: { path: ./my-stage.wasm }` or `name: { builtin: command }`.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Spanned<PluginRef>>,
+    /// Where secret values come from: `name: { env: VAR }` or `name: { file: path }`.
+    /// Values are never written in the manifest.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+    /// The stages, run in the order written.
+    pub stages: Vec<Stage>,
+    /// Telemetry sinks that receive the run's events when it ends.
+    #[serde(default)]
+    pub telemetry: Vec<Sink>,
+}
+
+/// Where a plugin alias points.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    /// A local `.wasm` component, relative to the manifest.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A plugin embedded in gantry.
+    #[serde(default)]
+    pub builtin: Option<String>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum SecretSource {
+    /// A host environment variable.
+    Env(String),
+    /// A file (relative to the manifest); one trailing newline is dropped.
+    File(String),
+}
+
+/// One stage as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Unique within the pipeline.
+    pub name: Spanned<String>,
+    /// A built-in plugin name, an alias from `plugins:`, or a path to a `.wasm` file.
+    pub uses: Spanned<String>,
+    /// The plugin's configuration, handed to it as JSON.
+    #[serde(default)]
+    pub with: Option<serde_json::Value>,
+    /// Earlier stages that must succeed before this one runs; their outputs and
+    /// artifacts are this stage's inputs.
+    #[serde(default)]
+    pub needs: Vec<Spanned<String>>,
+    /// What the stage may do beyond computing.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// Resource caps.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Wall-clock limit for the whole stage, e.g. `10m`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// A telemetry sink as written: like a stage without a name or timeout.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    pub uses: Spanned<String>,
+    #[serde(default)]
+    pub with: Option<serde_json::Value>,
+    #[serde(default)]
+    pub permissions: Permissions,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Capability grants. Everything absent is denied.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// `read` (default) or `write`.
+    #[serde(default)]
+    pub workspace: Option<Spanned<String>>,
+    /// Host environment variables the stage may see, by name.
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// Programs the stage may run through `exec`, by name.
+    #[serde(default)]
+    pub exec: Vec<Spanned<String>>,
+    /// Secrets the stage may read, by name (defined under top-level `secrets:`).
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    /// Origins the stage may send HTTP requests to: `scheme://host[:port]`, where
+    /// host may start with `*.`.
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+    /// The container engine.
+    #[serde(default)]
+    pub engine: Option<Spanned<bool>>,
+    /// A Kubernetes cluster, limited to these namespaces.
+    #[serde(default)]
+    pub cluster: Option<ClusterPermission>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPermission {
+    pub namespaces: Vec<Spanned<String>>,
+}
+
+/// Resource caps as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory, e.g. `256MiB`.
+    #[serde(default)]
+    pub memory: Option<Spanned<String>>,
+    /// CPU time spent in WebAssembly, e.g. `30s`.
+    #[serde(default)]
+    pub cpu: Option<Spanned<String>>,
+    /// Log output (log lines, stdout, stderr, exec output), e.g. `8MiB`.
+    #[serde(default)]
+    pub log: Option<Spanned<String>>,
+}
+
+/// A manifest with its source text, for diagnostics.
+pub struct ManifestFile {
+    pub path: PathBuf,
+    pub source: Arc<String>,
+    pub manifest: Manifest,
+}
+
+impl ManifestFile {
+    /// Read and parse a manifest. Syntax and shape errors carry spans.
+    pub fn load(path: &Path) -> Result<Self, ManifestErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ManifestErrors(vec![ManifestError::plain(format!(
+                "cannot read manifest {}: {e}",
+                path.display()
+            ))])
+        })?;
+        Self::parse(path, source)
+    }
+
+    /// Parse manifest text that was read from `path`.
+    pub fn parse(path: &Path, source: String) -> Result<Self, ManifestErrors> {
+        match serde_saphyr::from_str::<Manifest>(&source) {
+            Ok(manifest) => Ok(Self {
+                path: path.to_path_buf(),
+                source: Arc::new(source),
+                manifest,
+            }),
+            Err(err) => {
+                let report = serde_saphyr::miette::to_miette_report(
+                    &err,
+                    &source,
+                    &path.display().to_string(),
+                );
+                Err(ManifestErrors(vec![ManifestError::from_report(report)]))
+            }
+        }
+    }
+
+    /// The directory relative paths in the manifest are resolved against.
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            // Empty, so that joined paths read `x.wasm`, not `./x.wasm`.
+            _ => PathBuf::new(),
+        }
+    }
+
+    /// An error pointing at `at`, with the field path (e.g. `stages[1].uses`).
+    pub fn error(
+        &self,
+        at: &Location,
+        field: &str,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> ManifestError {
+        let offset = location_offset(&self.source, at);
+        let len = at.span().byte_len().unwrap_or(0).max(1) as usize;
+        ManifestError::Spanned(Box::new(SpannedError {
+            message: format!(
+                "{}:{}:{}: {field}: {}",
+                self.path.display(),
+                at.line(),
+                at.column(),
+                message.into()
+            ),
+            src: NamedSource::new(self.path.display().to_string(), self.source.clone()),
+            span: SourceSpan::new(
+                offset.into(),
+                len.min(self.source.len().saturating_sub(offset)),
+            ),
+            help,
+        }))
+    }
+}
+
+/// Byte offset of a location, from its span when known, else from line and column.
+fn location_offset(source: &str, at: &Location) -> usize {
+    if let Some(off) = at.span().byte_offset() {
+        return (off as usize).min(source.len());
+    }
+    let line_start: usize = source
+        .split_inclusive('\n')
+        .take(at.line().saturating_sub(1) as usize)
+        .map(str::len)
+        .sum();
+    let col = source[line_start..]
+        .char_indices()
+        .nth(at.column().saturating_sub(1) as usize)
+        .map_or(0, |(i, _)| i);
+    (line_start + col).min(source.len())
+}
+
+/// One problem in a manifest.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ManifestError {
+    /// Points into the source.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Spanned(Box<SpannedError>),
+    /// Came from the YAML parser, already a rendered diagnostic.
+    #[error("{0}")]
+    Report(String),
+    /// Has no place in the source (e.g. the file is missing).
+    #[error("{0}")]
+    Plain(String),
+}
+
+impl ManifestError {
+    pub fn plain(message: impl Into<String>) -> Self {
+        Self::Plain(message.into())
+    }
+
+    fn from_report(report: miette::Report) -> Self {
+        Self::Report(crate::report::render_diagnostic(report.as_ref()))
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{message}")]
+pub struct SpannedError {
+    message: String,
+    #[source_code]
+    src: NamedSource<Arc<String>>,
+    #[label("here")]
+    span: SourceSpan,
+    #[help]
+    help: Option<String>,
+}
+
+/// All the problems found in a manifest; checks report every one they find.
+#[derive(Debug)]
+pub struct ManifestErrors(pub Vec<ManifestError>);
+
+impl std::fmt::Display for ManifestErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match e {
+                ManifestError::Report(text) => write!(f, "{text}")?,
+                other => write!(f, "{}", crate::report::render_diagnostic(other))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ManifestErrors {}
+
+/// Suggest the closest of `candidates` to `word`, for "did you mean" help.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ManifestFile, ManifestErrors> {
+        ManifestFile::parse(Path::new("pipeline.yaml"), text.to_string())
+    }
+
+    #[test]
+    fn parses_a_full_stage() {
+        let m = parse(
+            "pipeline: demo\nstages:\n  - name: a\n    uses: command\n    with: {steps: [{run: [cargo, test]}]}\n    permissions:\n      workspace: write\n      exec: [cargo]\n      http: [\"http://127.0.0.1:8080\"]\n    limits: {memory: 64MiB}\n    timeout: 30s\n",
+        )
+        .unwrap();
+        let s = &m.manifest.stages[0];
+        assert_eq!(s.name.value, "a");
+        assert_eq!(s.uses.referenced.line(), 4);
+        assert_eq!(s.permissions.exec[0].value, "cargo");
+        assert_eq!(s.with.as_ref().unwrap()["steps"][0]["run"][1], "test");
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_line() {
+        let err =
+            parse("pipeline: demo\nstages:\n  - name: a\n    uses: noop\n    permisions: {}\n")
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(err.contains("permisions"), "{err}");
+        assert!(err.contains("pipeline.yaml"), "{err}");
+        assert!(err.contains(":5:"), "{err}");
+    }
+
+    #[test]
+    fn spanned_error_shows_line_and_field() {
+        let m = parse("pipeline: demo\nstages:\n  - name: a\n    uses: nope\n").unwrap();
+        let at = &m.manifest.stages[0].uses.referenced;
+        let err = ManifestErrors(vec![m.error(
+            at,
+            "stages[0].uses",
+            "unknown plugin `nope`",
+            Some("try `noop`".into()),
+        )]);
+        let text = err.to_string();
+        assert!(
+            text.contains("pipeline.yaml:4:11: stages[0].uses: unknown plugin `nope`"),
+            "{text}"
+        );
+        assert!(text.contains("uses: nope"), "{text}");
+        assert!(text.contains("try `noop`"), "{text}");
+    }
+
+    #[test]
+    fn closest_suggests_near_names_only() {
+        assert_eq!(closest("comand", ["command", "noop"]), Some("command"));
+        assert_eq!(closest("zzz", ["command", "noop"]), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! What the user sees while a pipeline runs. Every text that reaches a
+//! [`Reporter`] has already been through the run's [`crate::redact::Redactor`].
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Severity of a log line, as in the WIT `level` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn tag(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "",
+            Level::Warn => "warn: ",
+            Level::Error => "error: ",
+        }
+    }
+}
+
+/// Receives run progress. Implementations must be cheap: they are called from
+/// inside host functions.
+pub trait Reporter: Send + Sync {
+    fn stage_started(&self, stage: &str, plugin: &str);
+    fn log(&self, stage: &str, level: Level, line: &str);
+    fn progress(&self, stage: &str, done: u64, total: Option<u64>, message: &str);
+    /// `ok` false means the stage failed; `detail` is its summary or error.
+    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str);
+    /// Something the host itself wants to say (cache use, denials, summary).
+    fn note(&self, text: &str);
+    /// Debug-level host messages, shown with `--verbose`.
+    fn debug(&self, text: &str);
+}
+
+/// Plain line output on stdout, one line per event, prefixed by the stage name.
+pub struct Console {
+    verbose: bool,
+    out: Mutex<std::io::Stdout>,
+}
+
+impl Console {
+    pub fn new(verbose: bool) -> Self {
+        Self {
+            verbose,
+            out: Mutex::new(std::io::stdout()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // A closed stdout (e.g. `| head`) must not kill a running pipeline.
+        let _ = writeln!(out, "{text}");
+    }
+}
+
+impl Reporter for Console {
+    fn stage_started(&self, stage: &str, plugin: &str) {
+        self.line(&format!("▶ {stage} ({plugin})"));
+    }
+
+    fn log(&self, stage: &str, level: Level, line: &str) {
+        if level < Level::Info && !self.verbose {
+            return;
+        }
+        self.line(&format!("  {stage} │ {}{line}", level.tag()));
+    }
+
+    fn progress(&self, stage: &str, done: u64, total: Option<u64>, message: &str) {
+        let count = match total {
+            Some(t) => format!("[{done}/{t}]"),
+            None => format!("[{done}]"),
+        };
+        self.line(&format!("  {stage} │ {count} {message}"));
+    }
+
+    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str) {
+        let mark = if ok { "✔" } else { "✘" };
+        let secs = elapsed.as_secs_f64();
+        self.line(&format!("{mark} {stage} ({secs:.2}s): {detail}"));
+    }
+
+    fn note(&self, text: &str) {
+        self.line(text);
+    }
+
+    fn debug(&self, text: &str) {
+        if self.verbose {
+            self.line(&format!("debug: {text}"));
+        }
+    }
+}
+
+/// Discards everything; for benchmarks and embedding.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn stage_started(&self, _: &str, _: &str) {}
+    fn log(&self, _: &str, _: Level, _: &str) {}
+    fn progress(&self, _: &str, _: u64, _: Option<u64>, _: &str) {}
+    fn stage_finished(&self, _: &str, _: bool, _: Duration, _: &str) {}
+    fn note(&self, _: &str) {}
+    fn debug(&self, _: &str) {}
+}
+
+/// Render a diagnostic with its source snippet. Colour only on a terminal, so
+/// that logs and tests see plain text.
+pub fn render_diagnostic(diag: &dyn miette::Diagnostic) -> String {
+    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let mut out = String::new();
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
+    if handler.render_report(&mut out, diag).is_err() {
+        out = diag.to_string();
+    }
+    out
+}

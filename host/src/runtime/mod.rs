@@ -1,0 +1,513 @@
+//! The WebAssembly runtime: one wasmtime engine per process, every capability
+//! linked once, components compiled once (and cached on disk), instantiated from
+//! an `InstancePre` into a fresh Store per stage run.
+
+pub mod bindings;
+pub mod cache;
+pub mod limits;
+pub mod loader;
+pub mod state;
+
+use crate::capabilities::telemetry::{Collector, EventBase};
+use crate::capabilities::{Denials, Grants, Subject};
+use crate::plugins::PluginBytes;
+use crate::redact::Redactor;
+use crate::report::Reporter;
+use bindings::sink::TelemetrySinkPre;
+use bindings::stage::StagePre;
+use bindings::types::{Event, Outcome, StageContext, StageError, StageInfo};
+use cache::{CacheOutcome, CompileCache};
+use limits::{EpochTicker, Limits, MemoryLimiter, TICK};
+use loader::{LoadError, WorldKind};
+use state::StageState;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+
+/// The most memory any stage may be granted (`limits.memory`); the pooling
+/// allocator reserves address space for this much per slot.
+pub const MAX_MEMORY: u64 = 4 << 30;
+
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Use the pooling allocator (faster instantiation); falls back to on-demand
+    /// allocation when the address space cannot be reserved.
+    pub pooling: bool,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            cache_dir: CompileCache::default_dir(),
+            pooling: true,
+        }
+    }
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StageState>,
+    cache: CompileCache,
+    _ticker: EpochTicker,
+    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Set when the cache could not be used; shown once with `--verbose`.
+    pub cache_warning: Option<String>,
+}
+
+/// A loaded, checked, linked plugin, ready to instantiate.
+pub struct Plugin {
+    pub label: String,
+    pub digest: String,
+    pub world: WorldKind,
+    pub cache: CacheOutcome,
+    pub component: wasmtime::component::Component,
+    pre: Pre,
+}
+
+enum Pre {
+    Stage(StagePre<StageState>),
+    Sink(TelemetrySinkPre<StageState>),
+}
+
+fn engine_config(pooling: bool) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Deep enough for real programs; unbounded recursion still traps quickly.
+    // The fiber that runs the guest must be larger than the wasm stack plus what
+    // host calls need, or an overflow aborts the whole process instead of trapping.
+    config.max_wasm_stack(1 << 20);
+    config.async_stack_size(4 << 20);
+    // Deep enough to tell runaway recursion from an ordinary crash.
+    config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(DEEP_STACK + 24));
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(64)
+            .total_core_instances(256)
+            .total_memories(64)
+            .total_tables(256)
+            .max_memory_size(MAX_MEMORY as usize);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+impl Runtime {
+    pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
+        let engine = match Engine::new(&engine_config(options.pooling)) {
+            Ok(engine) => engine,
+            Err(_) if options.pooling => Engine::new(&engine_config(false))?,
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context("cannot create the wasmtime engine"));
+            }
+        };
+        let mut linker = Linker::<StageState>::new(&engine);
+        // wasi:cli, clocks, random, filesystem, sockets (all denied), io; then
+        // wasi:http on top without re-adding the shared interfaces.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        bindings::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let (cache, cache_warning) = CompileCache::open(&engine, options.cache_dir);
+        let ticker = EpochTicker::start(&engine);
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            _ticker: ticker,
+            loaded: Mutex::default(),
+            cache_warning,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Check, compile (or fetch from the cache) and link a plugin. Loading the
+    /// same bytes twice in one process returns the same plugin.
+    pub fn load(&self, source: &PluginBytes) -> Result<Arc<Plugin>, LoadError> {
+        if let Some(p) = self.loaded.lock().unwrap().get(&source.digest) {
+            return Ok(p.clone());
+        }
+        let label = source.label.clone();
+        loader::check_header(&label, &source.bytes)?;
+        let (component, cache) = self
+            .cache
+            .load(&self.engine, &source.bytes, &source.digest)
+            .map_err(|e| LoadError::Invalid {
+                label: label.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let world = loader::contract(&self.engine, &label, &component)?;
+        let link_err = |e: wasmtime::Error| LoadError::Link {
+            label: label.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(link_err)?;
+        let pre = match world {
+            WorldKind::Stage => Pre::Stage(StagePre::new(instance_pre).map_err(link_err)?),
+            WorldKind::Sink => Pre::Sink(TelemetrySinkPre::new(instance_pre).map_err(link_err)?),
+        };
+        let plugin = Arc::new(Plugin {
+            label,
+            digest: source.digest.clone(),
+            world,
+            cache,
+            component,
+            pre,
+        });
+        self.loaded
+            .lock()
+            .unwrap()
+            .insert(source.digest.clone(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// A Store for one instance, with its limits armed.
+    fn store(
+        &self,
+        state: StageState,
+        limits: &Limits,
+        cpu_exceeded: Arc<AtomicBool>,
+    ) -> Store<StageState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let budget = (limits.cpu.as_millis() / TICK.as_millis()).max(1) as u64;
+        let mut used = 0u64;
+        store.set_epoch_deadline(1);
+        // Each tick spent in WebAssembly counts against the CPU budget, and yields
+        // to tokio so that the wall-clock timeout and Ctrl-C can fire.
+        store.epoch_deadline_callback(move |_| {
+            used += 1;
+            if used > budget {
+                cpu_exceeded.store(true, Ordering::Relaxed);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    /// Call `describe()` with no grants.
+    pub async fn describe(
+        &self,
+        plugin: &Plugin,
+        ctx: &InstanceContext,
+    ) -> anyhow::Result<StageInfo> {
+        let subject = Subject {
+            name: plugin.label.clone(),
+            field: "(describe)".into(),
+        };
+        let limits = Limits {
+            timeout: Duration::from_secs(10),
+            cpu: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let state = StageState::prepare(ctx, subject, &Grants::default(), &limits)?;
+        let mut store = self.store(state, &limits, Arc::default());
+        let call = async {
+            match &plugin.pre {
+                Pre::Stage(pre) => {
+                    let i = pre.instantiate_async(&mut store).await?;
+                    i.gantry_pipeline_plugin().call_describe(&mut store).await
+                }
+                Pre::Sink(pre) => {
+                    let i = pre.instantiate_async(&mut store).await?;
+                    i.gantry_pipeline_sink().call_describe(&mut store).await
+                }
+            }
+        };
+        match tokio::time::timeout(limits.timeout, call).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => Err(anyhow::anyhow!(
+                "{}: describe() failed: {e:#}",
+                plugin.label
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "{}: describe() did not return within 10s",
+                plugin.label
+            )),
+        }
+    }
+
+    /// Run a stage to its end, within its limits. Never panics or hangs on a
+    /// misbehaving guest: every way a guest can fail becomes a [`Failure`].
+    pub async fn run_stage(
+        &self,
+        plugin: &Plugin,
+        state: StageState,
+        context: &StageContext,
+        limits: &Limits,
+    ) -> Result<Outcome, Failure> {
+        let Pre::Stage(pre) = &plugin.pre else {
+            return Err(Failure::Setup(format!(
+                "{} is a telemetry sink, not a stage",
+                plugin.label
+            )));
+        };
+        let cpu = Arc::new(AtomicBool::new(false));
+        let mut store = self.store(state, limits, cpu.clone());
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance
+                .gantry_pipeline_plugin()
+                .call_run(&mut store, context)
+                .await
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+        let state = store.data();
+        match result {
+            Err(_) => Err(Failure::Timeout(limits.timeout)),
+            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            Ok(Ok(Err(e))) => Err(Failure::Stage(e)),
+            Ok(Err(trap)) => Err(Failure::classify(
+                trap,
+                state,
+                limits,
+                cpu.load(Ordering::Relaxed),
+            )),
+        }
+    }
+
+    /// Configure a telemetry sink and publish `events` to it.
+    pub async fn publish(
+        &self,
+        plugin: &Plugin,
+        state: StageState,
+        config: &str,
+        events: &[Event],
+        limits: &Limits,
+    ) -> Result<(), Failure> {
+        let Pre::Sink(pre) = &plugin.pre else {
+            return Err(Failure::Setup(format!(
+                "{} is a stage, not a telemetry sink",
+                plugin.label
+            )));
+        };
+        let cpu = Arc::new(AtomicBool::new(false));
+        let mut store = self.store(state, limits, cpu.clone());
+        let call = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let sink = instance.gantry_pipeline_sink();
+            match sink.call_configure(&mut store, config).await? {
+                Ok(()) => sink.call_publish(&mut store, events).await,
+                Err(e) => Ok(Err(e)),
+            }
+        };
+        let result = tokio::time::timeout(limits.timeout, call).await;
+        match result {
+            Err(_) => Err(Failure::Timeout(limits.timeout)),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(Failure::Stage(e)),
+            Ok(Err(trap)) => Err(Failure::classify(
+                trap,
+                store.data(),
+                limits,
+                cpu.load(Ordering::Relaxed),
+            )),
+        }
+    }
+}
+
+/// What every instance of a run shares.
+#[derive(Clone)]
+pub struct InstanceContext {
+    /// Canonical path of the workspace; empty for none.
+    pub workspace: PathBuf,
+    pub reporter: Arc<dyn Reporter>,
+    pub redactor: Redactor,
+    pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
+    pub collector: Collector,
+    pub base: EventBase,
+}
+
+/// A trap this many frames deep is reported as probable runaway recursion.
+const DEEP_STACK: usize = 1000;
+
+/// How a stage failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The plugin returned an error.
+    Stage(StageError),
+    /// The guest was stopped: a trap, a limit, a flood.
+    Stopped(String),
+    /// It did not finish within its wall-clock timeout.
+    Timeout(Duration),
+    /// The host could not set it up.
+    Setup(String),
+}
+
+impl Failure {
+    /// Explain a trap using what the limiters saw.
+    fn classify(
+        trap: wasmtime::Error,
+        state: &StageState,
+        limits: &Limits,
+        cpu_exceeded: bool,
+    ) -> Self {
+        use crate::units::format_size;
+        let message = if state.limiter.exceeded.load(Ordering::Relaxed) {
+            format!(
+                "exceeded its memory limit of {} (raise `limits.memory`)",
+                format_size(limits.memory)
+            )
+        } else if cpu_exceeded {
+            format!(
+                "exceeded its CPU budget of {:?} in WebAssembly (raise `limits.cpu`)",
+                limits.cpu
+            )
+        } else if state.log.flooded() {
+            format!(
+                "wrote more than its log cap of {} (raise `limits.log`)",
+                format_size(limits.log)
+            )
+        } else {
+            // The trap code and the depth of the call stack say more to a user than
+            // the native backtrace that `{:#}` would print.
+            let depth = trap
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .map_or(0, |b| b.frames().len());
+            match trap.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::StackOverflow) => {
+                    "overflowed its call stack (unbounded recursion?)".to_string()
+                }
+                Some(code) if depth >= DEEP_STACK => {
+                    format!(
+                        "trapped: {code}, {depth} calls deep (unbounded recursion overflowing the guest's stack?)"
+                    )
+                }
+                Some(code) => format!("trapped: {code}"),
+                None => format!("trapped: {}", trap.root_cause()),
+            }
+        };
+        Failure::Stopped(message)
+    }
+
+    /// Short kind, as shown in summaries: the stage-error variant or the way it stopped.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Stage(StageError::InvalidConfig(_)) => "invalid-config",
+            Failure::Stage(StageError::Denied(_)) => "denied",
+            Failure::Stage(StageError::Transient(_)) => "transient",
+            Failure::Stage(StageError::Failed(_)) => "failed",
+            Failure::Stopped(_) => "stopped",
+            Failure::Timeout(_) => "timeout",
+            Failure::Setup(_) => "setup",
+        }
+    }
+
+    /// The failure in words; `stage` names the stage where the host speaks
+    /// about it (a plugin's own error is shown as it wrote it).
+    pub fn message(&self, stage: &str) -> String {
+        match self {
+            Failure::Stage(
+                StageError::InvalidConfig(m)
+                | StageError::Denied(m)
+                | StageError::Transient(m)
+                | StageError::Failed(m),
+            ) => m.clone(),
+            Failure::Stopped(m) => format!("stage `{stage}` {m}"),
+            Failure::Setup(m) => format!("stage `{stage}`: {m}"),
+            Failure::Timeout(d) => {
+                format!(
+                    "stage `{stage}` did not finish within its timeout of {d:?} (raise `timeout`)"
+                )
+            }
+        }
+    }
+}
+
+impl StageState {
+    /// Prepare: build the per-instance state of every capability from the grants.
+    pub fn prepare(
+        ctx: &InstanceContext,
+        subject: Subject,
+        grants: &Grants,
+        limits: &Limits,
+    ) -> anyhow::Result<Self> {
+        use crate::capabilities::{cluster, engine, exec, http, log, secrets, telemetry};
+        use crate::report::Level;
+        let denials = Denials::default();
+        let log = Arc::new(log::StageLog::new(
+            subject.clone(),
+            ctx.reporter.clone(),
+            ctx.redactor.clone(),
+            limits.log,
+        ));
+        let env = grants.env.prepare();
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.args(&[subject.name.as_str()])
+            .envs(&env)
+            .stdout(log::LogPipe {
+                log: log.clone(),
+                level: Level::Info,
+            })
+            .stderr(log::LogPipe {
+                log: log.clone(),
+                level: Level::Warn,
+            })
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        // An empty path means no workspace at all (describe() at validate time).
+        if !ctx.workspace.as_os_str().is_empty() {
+            grants.workspace.prepare(&mut wasi, &ctx.workspace)?;
+        }
+        Ok(StageState {
+            wasi: wasi.build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_policy: http::HttpPolicy {
+                grant: Arc::new(grants.http.clone()),
+                subject: subject.clone(),
+                denials: denials.clone(),
+            },
+            table: wasmtime::component::ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory),
+            secrets: secrets::SecretsState {
+                grant: grants.secrets.clone(),
+                store: ctx.secrets.clone(),
+                subject: subject.clone(),
+                denials: denials.clone(),
+            },
+            exec: exec::ExecState {
+                grant: grants.exec.clone(),
+                subject: subject.clone(),
+                workspace: ctx.workspace.clone(),
+                env,
+                log: log.clone(),
+                denials: denials.clone(),
+            },
+            telemetry: telemetry::TelemetryState {
+                collector: ctx.collector.clone(),
+                base: ctx.base.clone(),
+                stage: subject.name.clone(),
+                redactor: ctx.redactor.clone(),
+            },
+            engine: engine::EngineState {
+                grant: grants.engine,
+                subject: subject.clone(),
+                denials: denials.clone(),
+            },
+            cluster: cluster::ClusterState {
+                grant: grants.cluster.clone(),
+                subject,
+                denials: denials.clone(),
+            },
+            log,
+            denials,
+        })
+    }
+
+    /// The denials recorded during this instance.
+    pub fn denials(&self) -> &Denials {
+        &self.denials
+    }
+}

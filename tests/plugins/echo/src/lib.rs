@@ -1,0 +1,78 @@
+//! Reads its config, logs, optionally reads a granted secret and writes a file,
+//! and returns outputs and an artifact: exercises the data path of the contract.
+use gantry_sdk::{Artifact, Guest, Outcome, StageContext, StageError, StageInfo};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    message: String,
+    /// Write the message to this workspace path and return it as an artifact.
+    #[serde(default)]
+    write: Option<String>,
+    /// Read this secret and log it (the host must redact it).
+    #[serde(default)]
+    secret: Option<String>,
+    /// Print this many lines to stdout.
+    #[serde(default)]
+    stdout_lines: u32,
+}
+
+struct Echo;
+
+impl Guest for Echo {
+    fn describe() -> StageInfo {
+        StageInfo {
+            name: "echo".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Logs a message, optionally writes it to a file.".into(),
+            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"}},"additionalProperties":false}"#.into(),
+            capabilities: vec![],
+        }
+    }
+
+    fn run(ctx: StageContext) -> Result<Outcome, StageError> {
+        let cfg: Config = gantry_sdk::config(&ctx)?;
+        gantry_sdk::info(format!("echo: {}", cfg.message));
+        for i in 0..cfg.stdout_lines {
+            println!("stdout line {i}");
+        }
+        if let Some(name) = &cfg.secret {
+            let value = gantry_sdk::secrets::get(name)?;
+            gantry_sdk::info(format!("secret {name} is {value}"));
+        }
+        let upstream: Vec<String> = ctx
+            .upstream
+            .iter()
+            .flat_map(|s| {
+                s.outputs
+                    .iter()
+                    .map(move |(k, v)| format!("{}.{k}={v}", s.stage))
+            })
+            .collect();
+        let mut artifacts = vec![];
+        if let Some(path) = &cfg.write {
+            std::fs::write(path, &cfg.message)
+                .map_err(|e| StageError::Failed(format!("cannot write {path}: {e}")))?;
+            artifacts.push(Artifact {
+                name: "message".into(),
+                media_type: "text/plain".into(),
+                path: Some(path.clone()),
+                reference: None,
+                digest: None,
+                annotations: vec![],
+            });
+        }
+        Ok(Outcome {
+            artifacts,
+            outputs: vec![
+                ("message".into(), cfg.message.clone()),
+                ("upstream".into(), upstream.join(",")),
+                ("run-id".into(), ctx.run_id),
+            ],
+            summary: format!("echoed {} bytes", cfg.message.len()),
+        })
+    }
+}
+
+gantry_sdk::export_stage!(Echo);

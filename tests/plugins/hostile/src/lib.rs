@@ -1,0 +1,178 @@
+//! A plugin that tries to break out of its sandbox in the way its config names.
+//! Every attack must end the stage with a clear error, never succeed.
+use gantry_sdk::{Guest, Outcome, StageContext, StageError, StageInfo};
+use serde::Deserialize;
+use std::hint::black_box;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    attack: String,
+    /// A path, URL, program, secret or variable name, depending on the attack.
+    #[serde(default)]
+    target: String,
+    /// Arguments for the `exec` attack.
+    #[serde(default = "default_args")]
+    args: Vec<String>,
+    /// Working directory for the `exec` attack.
+    #[serde(default)]
+    cwd: Option<String>,
+}
+
+fn default_args() -> Vec<String> {
+    vec!["-c".into(), "echo pwned".into()]
+}
+
+struct Hostile;
+
+fn ok(summary: String) -> Result<Outcome, StageError> {
+    Ok(Outcome {
+        artifacts: vec![],
+        outputs: vec![("leak".into(), summary.clone())],
+        summary,
+    })
+}
+
+fn read(path: &str) -> Result<Outcome, StageError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => ok(format!("read {path}: {text}")),
+        Err(e) => Err(StageError::Failed(format!("cannot read {path}: {e}"))),
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(depth % 256) as usize] = depth as u8;
+    let mut next = [0u8; 256];
+    black_box(&mut next);
+    recurse(depth + 1, &mut next) + pad[0] as u64
+}
+
+/// Recursion that keeps everything in wasm locals, so it exhausts the engine's
+/// own stack limit rather than the guest's shadow stack in linear memory.
+static DEPTH_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+#[inline(never)]
+fn deep(n: u64) -> u64 {
+    if n == DEPTH_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        return n;
+    }
+    deep(n + 1).wrapping_mul(31).wrapping_add(n)
+}
+
+fn http_get(url: &str) -> Result<Outcome, StageError> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| StageError::InvalidConfig(url.into()))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let req = OutgoingRequest::new(Fields::new());
+    req.set_method(&Method::Get).unwrap();
+    req.set_scheme(Some(&if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    }))
+    .unwrap();
+    req.set_authority(Some(authority)).unwrap();
+    req.set_path_with_query(Some(path)).unwrap();
+    let denied = |e| StageError::Denied(format!("GET {url}: {e:?}"));
+    let fut = outgoing_handler::handle(req, None).map_err(denied)?;
+    fut.subscribe().block();
+    let resp = fut
+        .get()
+        .expect("ready")
+        .expect("first get")
+        .map_err(denied)?;
+    let status = resp.status();
+    let body = resp.consume().unwrap();
+    let stream = body.stream().unwrap();
+    let mut bytes = vec![];
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        bytes.extend(chunk);
+    }
+    ok(format!(
+        "GET {url}: {status} {}",
+        String::from_utf8_lossy(&bytes)
+    ))
+}
+
+impl Guest for Hostile {
+    fn describe() -> StageInfo {
+        StageInfo {
+            name: "hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Tries to escape the sandbox (tests only).".into(),
+            config_schema: String::new(),
+            capabilities: vec![],
+        }
+    }
+
+    fn run(ctx: StageContext) -> Result<Outcome, StageError> {
+        let cfg: Config = gantry_sdk::config(&ctx)?;
+        let t = cfg.target.as_str();
+        match cfg.attack.as_str() {
+            "read" => read(t),
+            "write" => match std::fs::write(t, b"pwned") {
+                Ok(()) => ok(format!("wrote {t}")),
+                Err(e) => Err(StageError::Failed(format!("cannot write {t}: {e}"))),
+            },
+            "http" => http_get(t),
+            "socket" => match std::net::TcpStream::connect(t) {
+                Ok(_) => ok(format!("connected to {t}")),
+                Err(e) => Err(StageError::Denied(format!("cannot connect to {t}: {e}"))),
+            },
+            "env" => match std::env::var(t) {
+                Ok(v) => ok(format!("{t}={v}")),
+                Err(e) => Err(StageError::Denied(format!("environment variable {t}: {e}"))),
+            },
+            "exec" => {
+                let status = gantry_sdk::exec::run(&gantry_sdk::exec::Command {
+                    program: t.into(),
+                    args: cfg.args.clone(),
+                    cwd: cfg.cwd.clone(),
+                    env: vec![],
+                    timeout_ms: None,
+                })?;
+                ok(format!(
+                    "ran {t}: exit {:?}: {}",
+                    status.code,
+                    status.stdout.trim_end()
+                ))
+            }
+            "secret" => ok(format!("secret {t} = {}", gantry_sdk::secrets::get(t)?)),
+            "loop" => loop {
+                black_box(0u64);
+            },
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = vec![];
+                loop {
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            "recursion" => ok(format!("{}", recurse(0, &mut [0; 256]))),
+            "deep-recursion" => ok(format!("{}", deep(0))),
+            "log-flood" => loop {
+                gantry_sdk::info("flood flood flood flood flood flood flood flood flood flood");
+            },
+            "stdout-flood" => loop {
+                println!("flood flood flood flood flood flood flood flood flood flood");
+            },
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(t.parse().unwrap_or(3600)));
+                ok("woke up".into())
+            }
+            other => Err(StageError::InvalidConfig(format!(
+                "unknown attack `{other}`"
+            ))),
+        }
+    }
+}
+
+gantry_sdk::export_stage!(Hostile);
