@@ -234,7 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let caps: Vec<serde_json::Value> = info
                 .capabilities
                 .iter()
-                .map(|c| serde_json::json!({"kind": format!("{:?}", c.kind).to_lowercase(), "target": c.target, "reason": c.reason}))
+                .map(|c| serde_json::json!({"kind": kind_name(c.kind), "target": c.target, "reason": c.reason}))
                 .collect();
             let schema: serde_json::Value =
                 serde_json::from_str(&info.config_schema).unwrap_or(serde_json::Value::Null);
@@ -260,7 +260,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 for c in &info.capabilities {
                     let target = c.target.as_deref().unwrap_or("from config");
-                    println!("  {:?} ({target}): {}", c.kind, c.reason);
+                    println!("  {} ({target}): {}", kind_name(c.kind), c.reason);
                 }
                 println!("imports:\n  {}", imports.join("\n  "));
                 println!("exports:\n  {}", exports.join("\n  "));
@@ -270,6 +270,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The WIT name of a capability kind.
+fn kind_name(kind: crate::runtime::bindings::types::CapabilityKind) -> &'static str {
+    use crate::runtime::bindings::types::CapabilityKind as K;
+    match kind {
+        K::WorkspaceWrite => "workspace-write",
+        K::Exec => "exec",
+        K::Secret => "secret",
+        K::Env => "env",
+        K::Http => "http",
+        K::Engine => "engine",
+        K::Cluster => "cluster",
     }
 }
 

@@ -169,19 +169,25 @@ impl ManifestFile {
 
     /// Parse manifest text that was read from `path`.
     pub fn parse(path: &Path, source: String) -> Result<Self, ManifestErrors> {
+        let source = Arc::new(source);
         match serde_saphyr::from_str::<Manifest>(&source) {
             Ok(manifest) => Ok(Self {
                 path: path.to_path_buf(),
-                source: Arc::new(source),
+                source,
                 manifest,
             }),
             Err(err) => {
-                let report = serde_saphyr::miette::to_miette_report(
-                    &err,
-                    &source,
-                    &path.display().to_string(),
-                );
-                Err(ManifestErrors(vec![ManifestError::from_report(report)]))
+                let mut message = err.without_snippet().to_string();
+                // The location leads our message already.
+                if let Some(i) = message.rfind(" at line ") {
+                    message.truncate(i);
+                }
+                let help = unknown_field_help(&message);
+                let error = match err.location() {
+                    Some(at) => spanned_error(path, &source, &at, "", message, help),
+                    None => ManifestError::plain(format!("{}: {message}", path.display())),
+                };
+                Err(ManifestErrors(vec![error]))
             }
         }
     }
@@ -203,24 +209,49 @@ impl ManifestFile {
         message: impl Into<String>,
         help: Option<String>,
     ) -> ManifestError {
-        let offset = location_offset(&self.source, at);
-        let len = at.span().byte_len().unwrap_or(0).max(1) as usize;
-        ManifestError::Spanned(Box::new(SpannedError {
-            message: format!(
-                "{}:{}:{}: {field}: {}",
-                self.path.display(),
-                at.line(),
-                at.column(),
-                message.into()
-            ),
-            src: NamedSource::new(self.path.display().to_string(), self.source.clone()),
-            span: SourceSpan::new(
-                offset.into(),
-                len.min(self.source.len().saturating_sub(offset)),
-            ),
-            help,
-        }))
+        spanned_error(&self.path, &self.source, at, field, message.into(), help)
     }
+}
+
+/// An error at `at` in `source` (read from `path`), under manifest field `field`.
+fn spanned_error(
+    path: &Path,
+    source: &Arc<String>,
+    at: &Location,
+    field: &str,
+    message: String,
+    help: Option<String>,
+) -> ManifestError {
+    let offset = location_offset(source, at);
+    let len = at.span().byte_len().unwrap_or(0).max(1) as usize;
+    let field = if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    };
+    ManifestError::Spanned(Box::new(SpannedError {
+        message: format!(
+            "{}:{}:{}: {field}{message}",
+            path.display(),
+            at.line(),
+            at.column()
+        ),
+        src: NamedSource::new(path.display().to_string(), source.clone()),
+        span: SourceSpan::new(offset.into(), len.min(source.len().saturating_sub(offset))),
+        help,
+    }))
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`": the closest name.
+fn unknown_field_help(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    let expected = expected.split_once("expected")?.1;
+    let names = expected
+        .split([',', ' '])
+        .map(|n| n.trim_matches(['`', ' ']))
+        .filter(|n| !n.is_empty() && *n != "one" && *n != "of" && *n != "or");
+    closest(field, names).map(|near| format!("did you mean `{near}`?"))
 }
 
 /// Byte offset of a location, from its span when known, else from line and column.
@@ -247,9 +278,6 @@ pub enum ManifestError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Spanned(Box<SpannedError>),
-    /// Came from the YAML parser, already a rendered diagnostic.
-    #[error("{0}")]
-    Report(String),
     /// Has no place in the source (e.g. the file is missing).
     #[error("{0}")]
     Plain(String),
@@ -260,8 +288,12 @@ impl ManifestError {
         Self::Plain(message.into())
     }
 
-    fn from_report(report: miette::Report) -> Self {
-        Self::Report(crate::report::render_diagnostic(report.as_ref()))
+    /// Where in the source the error points, for sorting; 0 when nowhere.
+    pub fn offset(&self) -> usize {
+        match self {
+            ManifestError::Spanned(e) => e.span.offset(),
+            _ => 0,
+        }
     }
 }
 
@@ -287,10 +319,7 @@ impl std::fmt::Display for ManifestErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            match e {
-                ManifestError::Report(text) => write!(f, "{text}")?,
-                other => write!(f, "{}", crate::report::render_diagnostic(other))?,
-            }
+            write!(f, "{}", crate::report::render_diagnostic(e))?;
         }
         Ok(())
     }
@@ -336,9 +365,11 @@ mod tests {
                 .err()
                 .unwrap()
                 .to_string();
-        assert!(err.contains("permisions"), "{err}");
-        assert!(err.contains("pipeline.yaml"), "{err}");
-        assert!(err.contains(":5:"), "{err}");
+        assert!(
+            err.contains("pipeline.yaml:5:5: unknown field `permisions`"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `permissions`?"), "{err}");
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Plan {
         }
 
         if !errors.is_empty() {
+            errors.sort_by_key(ManifestError::offset);
             return Err(ManifestErrors(errors));
         }
         Ok(Plan {

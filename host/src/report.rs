@@ -115,13 +115,17 @@ impl Reporter for Silent {
 /// Render a diagnostic with its source snippet. Colour only on a terminal, so
 /// that logs and tests see plain text.
 pub fn render_diagnostic(diag: &dyn miette::Diagnostic) -> String {
-    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+    let tty = std::io::stderr().is_terminal();
+    let theme = if tty && std::env::var_os("NO_COLOR").is_none() {
         miette::GraphicalTheme::unicode()
     } else {
         miette::GraphicalTheme::unicode_nocolor()
     };
     let mut out = String::new();
-    let handler = miette::GraphicalReportHandler::new_themed(theme).with_width(100);
+    // Wrap for people at a terminal; keep one message per line for logs and grep.
+    let handler = miette::GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_wrap_lines(tty);
     if handler.render_report(&mut out, diag).is_err() {
         out = diag.to_string();
     }

@@ -1,1 +1,217 @@
+//! Harness for the end-to-end tests: builds the `gantry` binary (once per test
+//! process, so the tests never run a stale one), gives each test its own
+//! workspace directory, and runs gantry in it like a user would.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Path of the `gantry` binary, built from this checkout in this test's profile.
+pub fn gantry() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "-p",
+            "gantry",
+            "--bin",
+            "gantry",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(repo());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build for gantry");
+        assert!(
+            out.status.success(),
+            "building gantry failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "gantry")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no gantry executable")
+    })
+}
+
+/// Path of a test plugin component from tests/plugins (e.g. `hostile`).
+pub fn plugin(name: &str) -> PathBuf {
+    let path =
+        Path::new(env!("GANTRY_TEST_PLUGINS")).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.is_file(), "test plugin {} is missing", path.display());
+    path
+}
+
+/// A compile cache shared by the tests of one process, so that each test plugin
+/// is compiled once, not once per test.
+fn shared_cache() -> &'static Path {
+    static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    CACHE.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// What one gantry invocation did.
+#[derive(Debug)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The final line for a stage: `✔ name (...)` or `✘ name (...)`.
+    pub fn stage_line(&self, stage: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| {
+                (l.starts_with("✔ ") || l.starts_with("✘ "))
+                    && l[4..].split_whitespace().next() == Some(stage)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no result line for stage `{stage}` in:\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    pub fn succeeded(&self, stage: &str) -> bool {
+        self.stage_line(stage).starts_with('✔')
+    }
+
+    /// stdout and stderr together, for "appears nowhere" checks.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A scratch workspace with a manifest in it.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    cache: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            cache: Some(shared_cache().to_path_buf()),
+            env: vec![],
+        }
+    }
+
+    /// Use this compile cache directory instead of the shared one.
+    pub fn with_cache(mut self, dir: &Path) -> Self {
+        self.cache = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Set an environment variable for gantry.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}` are
+    /// replaced by the paths of those test plugins.
+    pub fn manifest(&self, yaml: &str) -> PathBuf {
+        let mut text = yaml.to_string();
+        for name in ["hostile", "noop", "echo", "future-wit"] {
+            text = text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string());
+        }
+        self.write("pipeline.yaml", text)
+    }
+
+    /// Run gantry with `args` in the workspace directory.
+    pub fn gantry(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(gantry());
+        cmd.args(args)
+            .current_dir(self.path())
+            .env_remove("GANTRY_CACHE_DIR")
+            .env("NO_COLOR", "1");
+        match &self.cache {
+            Some(dir) => cmd.env("GANTRY_CACHE_DIR", dir),
+            None => cmd.arg("--no-cache"),
+        };
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run gantry");
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `gantry run pipeline.yaml`.
+    pub fn run(&self) -> Output {
+        self.gantry(&["run", "pipeline.yaml"])
+    }
+}
+
+/// A one-response-per-connection HTTP server on 127.0.0.1 that counts the
+/// connections it accepted. Stops when dropped.
+pub struct HttpServer {
+    pub port: u16,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl HttpServer {
+    pub fn start(body: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { port, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}

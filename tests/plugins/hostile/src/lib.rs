@@ -145,6 +145,11 @@ impl Guest for Hostile {
                     status.stdout.trim_end()
                 ))
             }
+            "engine" => ok(format!("pulled {}", gantry_sdk::engine::pull(t)?)),
+            "cluster" => ok(format!(
+                "{:?}",
+                gantry_sdk::cluster::get(t, "apps/v1", "Deployment", "app")?
+            )),
             "secret" => ok(format!("secret {t} = {}", gantry_sdk::secrets::get(t)?)),
             "loop" => loop {
                 black_box(0u64);

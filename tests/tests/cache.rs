@@ -1,0 +1,98 @@
+//! The compile cache: a second invocation deserializes instead of compiling, and
+//! a cache directory others could write to is never trusted.
+
+use gantry_e2e::Workspace;
+use std::os::unix::fs::PermissionsExt;
+
+const MANIFEST: &str = "pipeline: cache\nstages:\n  - name: a\n    uses: \"{noop}\"\n";
+
+#[test]
+fn the_second_run_loads_compiled_code_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let ws = Workspace::new().with_cache(cache.path());
+    ws.manifest(MANIFEST);
+    let first = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert_eq!(first.code, Some(0), "{}", first.all());
+    assert!(
+        first.stdout.contains("(compile cache: Stored)"),
+        "{}",
+        first.stdout
+    );
+    let second = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert!(
+        second.stdout.contains("(compile cache: Hit)"),
+        "{}",
+        second.stdout
+    );
+
+    let dir = cache.path().join("components");
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn a_tampered_cache_file_is_not_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    let ws = Workspace::new().with_cache(cache.path());
+    ws.manifest(MANIFEST);
+    assert_eq!(ws.run().code, Some(0));
+    let dir = cache.path().join("components");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // Made writable by others: gantry must recompile rather than load it.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        !out.stdout.contains("(compile cache: Hit)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_cache_directory_others_can_write_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("components");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ws = Workspace::new().with_cache(cache.path());
+    ws.manifest(MANIFEST);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("compile cache disabled"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("writable by group or others"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("(compile cache: Bypassed)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written to an untrusted directory"
+    );
+}

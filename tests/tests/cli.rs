@@ -1,0 +1,185 @@
+//! The command line: manifest errors that name file, line, column and field,
+//! plugin listing and inspection, and help that teaches.
+
+use gantry_e2e::Workspace;
+
+#[test]
+fn manifest_errors_name_file_line_and_field_and_suggest_fixes() {
+    let ws = Workspace::new();
+    ws.manifest(
+        r#"pipeline: errors
+secrets:
+  token: { env: TOKEN }
+stages:
+  - name: a
+    uses: comand
+    permissions:
+      http: [example.com]
+      secrets: [tokn]
+      exec: [/bin/sh]
+    limits: { memory: 9GiB }
+    timeout: soon
+  - name: b
+    uses: "{noop}"
+    needs: [c]
+"#,
+    );
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2));
+    let err = &out.stderr;
+    for expected in [
+        "pipeline.yaml:6:11: stages[0].uses: unknown plugin `comand`",
+        "did you mean `command`?",
+        "pipeline.yaml:8:14: stages[0].permissions.http[0]: `example.com` has no scheme",
+        "stages[0].permissions.secrets[0]: secret `tokn` is granted but not defined under `secrets:`",
+        "did you mean `token`?",
+        "stages[0].permissions.exec[0]: `/bin/sh` is a path; programs are granted by name",
+        "stages[0].limits.memory: must be between 1 byte and 4.0 GiB",
+        "stages[0].timeout: `soon` is not a duration",
+        "stages[1].needs[0]: `c` is not an earlier stage",
+        "7 error(s) in pipeline.yaml; nothing was run",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    // The offending source line is shown.
+    assert!(err.contains("uses: comand"), "{err}");
+}
+
+#[test]
+fn unknown_fields_are_errors_with_a_location() {
+    let ws = Workspace::new();
+    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: \"{noop}\"\n    permisions: {}\n");
+    let out = ws.gantry(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("permisions"), "{}", out.stderr);
+    assert!(out.stderr.contains("pipeline.yaml:5:"), "{}", out.stderr);
+    assert!(!out.stdout.contains("▶"), "nothing may run");
+}
+
+#[test]
+fn a_missing_manifest_is_a_clear_error() {
+    let ws = Workspace::new();
+    let out = ws.gantry(&["run", "nope.yaml"]);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("cannot read manifest nope.yaml"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn validate_reports_each_stage_and_its_grants() {
+    let ws = Workspace::new();
+    ws.manifest(
+        "pipeline: ok\nstages:\n  - name: t\n    uses: command\n    with: { steps: [{ run: [cargo, test] }] }\n    permissions: { exec: [cargo], workspace: write, http: [\"https://*.azurecr.io\"] }\n",
+    );
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("pipeline `ok` is valid"));
+    assert!(
+        out.stdout.contains("t (builtin:command): workspace: read-write; exec: cargo; http: https://*.azurecr.io:443"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn plugins_list_shows_the_builtins() {
+    let out = Workspace::new().gantry(&["plugins", "list"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let command = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("command "))
+        .expect("command listed");
+    assert!(
+        command.contains("stage") && command.contains("Runs a list of steps"),
+        "{command}"
+    );
+    let jsonl = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("jsonl "))
+        .expect("jsonl listed");
+    assert!(jsonl.contains("telemetry-sink"), "{jsonl}");
+}
+
+#[test]
+fn plugins_inspect_shows_describe_wit_and_capabilities() {
+    let ws = Workspace::new();
+    let out = ws.gantry(&["plugins", "inspect", "command", "--json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["name"], "command");
+    assert_eq!(v["world"], "stage");
+    assert_eq!(v["capabilities"][0]["kind"], "exec");
+    assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
+    let imports: Vec<&str> = v["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert!(
+        imports.contains(&"gantry:pipeline/exec@0.1.0"),
+        "{imports:?}"
+    );
+    assert_eq!(v["exports"][0], "gantry:pipeline/plugin@0.1.0");
+    assert_eq!(v["config_schema"]["required"][0], "steps");
+
+    let text = ws.gantry(&[
+        "plugins",
+        "inspect",
+        &gantry_e2e::plugin("hostile").display().to_string(),
+    ]);
+    assert_eq!(text.code, Some(0), "{}", text.all());
+    assert!(
+        text.stdout.contains("hostile 0.1.0 (stage)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("wasi:http/outgoing-handler@"),
+        "{}",
+        text.stdout
+    );
+
+    let bad = ws.gantry(&["plugins", "inspect", "nonexistent"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(
+        bad.stderr
+            .contains("`nonexistent` is neither a built-in plugin nor a .wasm path")
+    );
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let ws = Workspace::new();
+    for (args, expected) in [
+        (vec!["--help"], "gantry run examples/hello/pipeline.yaml"),
+        (
+            vec!["run", "--help"],
+            "Exit status: 0 when every stage succeeded",
+        ),
+        (
+            vec!["validate", "--help"],
+            "Errors name the file, line, column and field",
+        ),
+        (
+            vec!["plugins", "inspect", "--help"],
+            "gantry plugins inspect ./my_stage.wasm --json",
+        ),
+    ] {
+        let out = ws.gantry(&args);
+        assert_eq!(out.code, Some(0));
+        // clap wraps to the terminal width; compare with whitespace collapsed.
+        let text = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            text.contains(expected),
+            "`gantry {}` lacks `{expected}`:\n{}",
+            args.join(" "),
+            out.stdout
+        );
+    }
+}
