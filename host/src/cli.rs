@@ -54,7 +54,7 @@ enum Command {
         /// The environment name handed to stages and telemetry.
         #[arg(long = "env", default_value = "default", value_name = "NAME")]
         environment: String,
-        /// Print the run result as JSON on stdout at the end.
+        /// Print the run result as JSON on stdout at the end; progress goes to stderr.
         #[arg(long)]
         json: bool,
     },
@@ -121,7 +121,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         ..RuntimeOptions::default()
     };
-    let console: Arc<dyn Reporter> = Arc::new(Console::new(cli.global.verbose));
+    let json_out = matches!(
+        cli.command,
+        Command::Run { json: true, .. }
+            | Command::Plugins(PluginsCommand::Inspect { json: true, .. })
+    );
+    let console: Arc<dyn Reporter> = Arc::new(if json_out {
+        Console::on_stderr(cli.global.verbose)
+    } else {
+        Console::new(cli.global.verbose)
+    });
     match cli.command {
         Command::Run {
             manifest,

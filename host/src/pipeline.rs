@@ -201,10 +201,7 @@ impl Pipeline<'_> {
             .event(EventKind::StageStarted, Some(&unit.name), &unit.name);
         ctx.collector.push(event.clone());
         let started = Instant::now();
-        let subject = Subject {
-            name: unit.name.clone(),
-            field: unit.field.clone(),
-        };
+        let subject = Subject::new(&unit.name, &unit.field);
         let context = StageContext {
             run_id: ctx.base.run_id.clone(),
             pipeline: ctx.base.pipeline.clone(),
@@ -295,10 +292,7 @@ impl Pipeline<'_> {
             ));
         }
         for sink in &self.plan.sinks {
-            let subject = Subject {
-                name: sink.name.clone(),
-                field: sink.field.clone(),
-            };
+            let subject = Subject::new(&sink.name, &sink.field);
             let result = match StageState::prepare(ctx, subject, &sink.grants, &sink.limits) {
                 Ok(state) => {
                     let denials = state.denials().clone();

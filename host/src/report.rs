@@ -42,17 +42,25 @@ pub trait Reporter: Send + Sync {
     fn debug(&self, text: &str);
 }
 
-/// Plain line output on stdout, one line per event, prefixed by the stage name.
+/// Plain line output, one line per event, prefixed by the stage name.
 pub struct Console {
     verbose: bool,
-    out: Mutex<std::io::Stdout>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 impl Console {
     pub fn new(verbose: bool) -> Self {
         Self {
             verbose,
-            out: Mutex::new(std::io::stdout()),
+            out: Mutex::new(Box::new(std::io::stdout())),
+        }
+    }
+
+    /// For when stdout carries machine-readable output (`--json`).
+    pub fn on_stderr(verbose: bool) -> Self {
+        Self {
+            verbose,
+            out: Mutex::new(Box::new(std::io::stderr())),
         }
     }
 

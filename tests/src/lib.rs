@@ -73,10 +73,12 @@ pub struct Output {
 }
 
 impl Output {
-    /// The final line for a stage: `✔ name (...)` or `✘ name (...)`.
+    /// The final line for a stage: `✔ name (...)` or `✘ name (...)`, from stdout
+    /// (or stderr, where progress goes with `--json`).
     pub fn stage_line(&self, stage: &str) -> &str {
         self.stdout
             .lines()
+            .chain(self.stderr.lines())
             .find(|l| {
                 (l.starts_with("✔ ") || l.starts_with("✘ "))
                     && l[4..].split_whitespace().next() == Some(stage)

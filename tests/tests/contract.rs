@@ -23,24 +23,24 @@ stages:
     let out = ws.gantry(&["run", "pipeline.yaml", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stage_line("second").contains("echoed 12 bytes"));
-    // The guest's stdout goes to the stage log, line by line.
+    // The guest's stdout goes to the stage log, line by line; with --json the
+    // log is on stderr and stdout holds only the JSON.
     assert!(
-        out.stdout.contains("  second │ stdout line 2"),
+        out.stderr.contains("  second │ stdout line 2"),
         "{}",
-        out.stdout
+        out.stderr
     );
     assert!(
-        out.stdout.contains("  second │ echo: hello, world"),
+        out.stderr.contains("  second │ echo: hello, world"),
         "{}",
-        out.stdout
+        out.stderr
     );
     assert_eq!(
         std::fs::read_to_string(ws.path().join("out/message.txt")).unwrap(),
         "hello, world"
     );
 
-    let json: serde_json::Value =
-        serde_json::from_str(&out.stdout[out.stdout.find("\n{").unwrap()..]).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let second = &json["stages"][1];
     assert_eq!(second["status"], "succeeded");
     let outputs: std::collections::HashMap<String, String> =
@@ -104,8 +104,8 @@ telemetry:
     );
     let out = ws.gantry(&["run", "pipeline.yaml", "--json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert!(out.stdout.contains("secret token is ***"), "{}", out.stdout);
-    assert!(out.stdout.contains("echo: token=***"), "{}", out.stdout);
+    assert!(out.stderr.contains("secret token is ***"), "{}", out.stderr);
+    assert!(out.stderr.contains("echo: token=***"), "{}", out.stderr);
     assert!(!out.all().contains("s3cr3t-value-42"), "{}", out.all());
     let events = std::fs::read_to_string(ws.path().join("events.jsonl")).unwrap();
     assert!(!events.contains("s3cr3t-value-42"));

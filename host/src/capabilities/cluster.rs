@@ -3,7 +3,7 @@
 //! deploy stage. Until then a call in a granted namespace answers `unavailable`,
 //! any other `denied`.
 
-use super::{Denials, Subject, configure_names};
+use super::{Subject, configure_names};
 use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use crate::runtime::bindings::cluster::{self as wit, Rollout};
 use crate::runtime::bindings::types::HostError;
@@ -54,7 +54,6 @@ impl ClusterGrant {
 pub struct ClusterState {
     pub grant: ClusterGrant,
     pub subject: Subject,
-    pub denials: Denials,
 }
 
 impl ClusterState {
@@ -62,12 +61,11 @@ impl ClusterState {
     /// else `unavailable`.
     fn refuse(&self, namespace: &str, what: &str) -> HostError {
         if !self.grant.namespaces.iter().any(|n| n == namespace) {
-            let message = self.subject.denied(
+            let message = self.subject.deny(
                 "to use the cluster in namespace",
                 &format!("`{namespace}` ({what})"),
                 &format!("cluster: {{ namespaces: [{namespace}] }}"),
             );
-            self.denials.record(message.clone());
             return HostError::Denied(message);
         }
         HostError::Unavailable(format!(

@@ -3,7 +3,7 @@
 //! Docker-backed implementation arrives with the build stage. Until then a
 //! granted call answers `unavailable` and an ungranted one `denied`.
 
-use super::{Denials, Subject};
+use super::Subject;
 use crate::manifest::Permissions;
 use crate::runtime::bindings::engine::{self as wit, BuildRequest, ContainerRequest};
 use crate::runtime::bindings::types::HostError;
@@ -25,19 +25,17 @@ impl EngineGrant {
 pub struct EngineState {
     pub grant: EngineGrant,
     pub subject: Subject,
-    pub denials: Denials,
 }
 
 impl EngineState {
     /// Every call is refused for now: `denied` without the grant, else `unavailable`.
     fn refuse(&self, what: &str) -> HostError {
         if !self.grant.granted {
-            let message = self.subject.denied(
+            let message = self.subject.deny(
                 "to use the container engine",
                 &format!("({what})"),
                 "engine: true",
             );
-            self.denials.record(message.clone());
             return HostError::Denied(message);
         }
         HostError::Unavailable(format!(

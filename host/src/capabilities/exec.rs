@@ -5,7 +5,7 @@
 //! sandbox: granting it is a deliberate act, and `plan` shows it.
 
 use super::log::StageLog;
-use super::{Denials, Subject, configure_names};
+use super::{Subject, configure_names};
 use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use crate::report::Level;
 use crate::runtime::bindings::exec::{Command, ExitStatus};
@@ -59,18 +59,16 @@ pub struct ExecState {
     /// Granted host variables with their values.
     pub env: Vec<(String, String)>,
     pub log: Arc<StageLog>,
-    pub denials: Denials,
 }
 
 impl ExecState {
     pub async fn run(&self, cmd: Command) -> Result<ExitStatus, HostError> {
         if !self.grant.programs.iter().any(|p| *p == cmd.program) {
-            let message = self.subject.denied(
+            let message = self.subject.deny(
                 "to run",
                 &format!("`{}`", cmd.program),
                 &format!("exec: [{}]", cmd.program),
             );
-            self.denials.record(message.clone());
             return Err(HostError::Denied(message));
         }
         let exe = find_on_path(&cmd.program).ok_or_else(|| {

@@ -2,7 +2,7 @@
 //! matched on scheme, host and port. Everything else is refused with
 //! `HTTP-request-denied` before any connection is made.
 
-use super::{Denials, Subject};
+use super::Subject;
 use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use std::fmt;
 use std::sync::Arc;
@@ -112,7 +112,6 @@ impl HttpGrant {
 pub struct HttpPolicy {
     pub grant: Arc<HttpGrant>,
     pub subject: Subject,
-    pub denials: Denials,
 }
 
 type SendResult = Box<
@@ -143,11 +142,11 @@ impl WasiHttpHooks for HttpPolicy {
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         if !self.grant.allows(&scheme, &host, port) {
             let origin = format!("{scheme}://{host}:{port}");
-            self.denials.record(self.subject.denied(
+            self.subject.deny(
                 "to send HTTP requests to",
                 &origin,
                 &format!("http: [\"{origin}\"]"),
-            ));
+            );
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;

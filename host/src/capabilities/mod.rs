@@ -86,22 +86,35 @@ impl Grants {
 }
 
 /// Who is asking: the stage's name and where its grants live in the manifest, so
-/// that denials can say which field would grant the call.
+/// that denials can say which field would grant the call; and where they are
+/// recorded.
 #[derive(Debug, Clone)]
 pub struct Subject {
     /// The stage name, or `telemetry[0]` for a sink.
     pub name: String,
     /// The manifest field of the stage or sink, e.g. `stages[2]`.
     pub field: String,
+    pub denials: Denials,
 }
 
 impl Subject {
-    /// The message for a refused call: what was refused and how to grant it.
-    pub fn denied(&self, capability: &str, what: &str, grant: &str) -> String {
-        format!(
+    pub fn new(name: &str, field: &str) -> Self {
+        Self {
+            name: name.into(),
+            field: field.into(),
+            denials: Denials::default(),
+        }
+    }
+
+    /// Refuse a call: record the denial for the user and return the message for
+    /// the plugin, both saying what was refused and how to grant it.
+    pub fn deny(&self, capability: &str, what: &str, grant: &str) -> String {
+        let message = format!(
             "stage `{}` is not allowed {capability} {what}: grant it with `{}.permissions.{grant}`",
             self.name, self.field
-        )
+        );
+        self.denials.record(message.clone());
+        message
     }
 }
 

@@ -3,7 +3,7 @@
 //! reads only the names it is granted (`permissions.secrets`); every value is
 //! redacted from everything gantry prints or writes.
 
-use super::{Denials, Subject, configure_names};
+use super::{Subject, configure_names};
 use crate::manifest::{ManifestError, ManifestFile, Permissions, SecretSource, closest};
 use crate::redact::Redactor;
 use crate::runtime::bindings::secrets as wit;
@@ -95,18 +95,16 @@ pub struct SecretsState {
     pub grant: SecretsGrant,
     pub store: Arc<SecretStore>,
     pub subject: Subject,
-    pub denials: Denials,
 }
 
 impl SecretsState {
     pub fn get(&self, name: &str) -> Result<String, HostError> {
         if !self.grant.names.iter().any(|n| n == name) {
-            let message = self.subject.denied(
+            let message = self.subject.deny(
                 "to read",
                 &format!("secret `{name}`"),
                 &format!("secrets: [{name}]"),
             );
-            self.denials.record(message.clone());
             return Err(HostError::Denied(message));
         }
         match self.store.values.get(name) {

@@ -202,10 +202,7 @@ impl Runtime {
         plugin: &Plugin,
         ctx: &InstanceContext,
     ) -> anyhow::Result<StageInfo> {
-        let subject = Subject {
-            name: plugin.label.clone(),
-            field: "(describe)".into(),
-        };
+        let subject = Subject::new(&plugin.label, "(describe)");
         let limits = Limits {
             timeout: Duration::from_secs(10),
             cpu: Duration::from_secs(5),
@@ -435,7 +432,7 @@ impl StageState {
     ) -> anyhow::Result<Self> {
         use crate::capabilities::{cluster, engine, exec, http, log, secrets, telemetry};
         use crate::report::Level;
-        let denials = Denials::default();
+        let denials = subject.denials.clone();
         let log = Arc::new(log::StageLog::new(
             subject.clone(),
             ctx.reporter.clone(),
@@ -467,7 +464,6 @@ impl StageState {
             http_policy: http::HttpPolicy {
                 grant: Arc::new(grants.http.clone()),
                 subject: subject.clone(),
-                denials: denials.clone(),
             },
             table: wasmtime::component::ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory),
@@ -475,7 +471,6 @@ impl StageState {
                 grant: grants.secrets.clone(),
                 store: ctx.secrets.clone(),
                 subject: subject.clone(),
-                denials: denials.clone(),
             },
             exec: exec::ExecState {
                 grant: grants.exec.clone(),
@@ -483,7 +478,6 @@ impl StageState {
                 workspace: ctx.workspace.clone(),
                 env,
                 log: log.clone(),
-                denials: denials.clone(),
             },
             telemetry: telemetry::TelemetryState {
                 collector: ctx.collector.clone(),
@@ -494,12 +488,10 @@ impl StageState {
             engine: engine::EngineState {
                 grant: grants.engine,
                 subject: subject.clone(),
-                denials: denials.clone(),
             },
             cluster: cluster::ClusterState {
                 grant: grants.cluster.clone(),
                 subject,
-                denials: denials.clone(),
             },
             log,
             denials,
