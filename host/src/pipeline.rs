@@ -8,6 +8,7 @@ use crate::capabilities::secrets::SecretStore;
 use crate::capabilities::telemetry::{Collector, EventBase, now_ms};
 use crate::manifest::ManifestFile;
 use crate::plan::{Plan, Unit};
+use crate::plugins::PluginSource;
 use crate::report::Reporter;
 use crate::runtime::bindings::types::{Artifact, EventKind, StageContext, StageOutputs};
 use crate::runtime::loader::WorldKind;
@@ -63,9 +64,16 @@ pub fn load_plugins(
         .iter()
         .map(|u| (u, WorldKind::Stage))
         .chain(plan.sinks.iter().map(|u| (u, WorldKind::Sink)));
+    // Several stages often use one plugin: read, hash and check it once.
+    let mut by_source: HashMap<&PluginSource, Result<Arc<Plugin>, String>> = HashMap::new();
     for (unit, want) in units {
-        let loaded = unit.source.read().and_then(|bytes| runtime.load(&bytes));
-        match loaded {
+        let loaded = by_source.entry(&unit.source).or_insert_with(|| {
+            unit.source
+                .read()
+                .and_then(|bytes| runtime.load(&bytes))
+                .map_err(|e| e.to_string())
+        });
+        match loaded.clone() {
             Ok(p) if p.world == want => {
                 plugins.insert(unit.field.clone(), p);
             }

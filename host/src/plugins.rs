@@ -22,7 +22,7 @@ pub fn builtin(name: &str) -> Option<&'static Builtin> {
 }
 
 /// Where a plugin comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PluginSource {
     Builtin(&'static str),
     File(PathBuf),
