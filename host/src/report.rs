@@ -19,8 +19,8 @@ pub enum Level {
 impl Level {
     fn tag(self) -> &'static str {
         match self {
-            Level::Trace => "trace",
-            Level::Debug => "debug",
+            Level::Trace => "trace: ",
+            Level::Debug => "debug: ",
             Level::Info => "",
             Level::Warn => "warn: ",
             Level::Error => "error: ",
