@@ -1,7 +1,8 @@
 //! The `gantry` command line.
 
+use crate::journal::{Journal, Record};
 use crate::manifest::ManifestFile;
-use crate::pipeline::{Pipeline, load_plugins};
+use crate::pipeline::{Pipeline, Resume, RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::report::{Console, Reporter, Silent};
@@ -45,34 +46,115 @@ struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline manifest.
-    #[command(after_help = "Example:\n  gantry run examples/hello/pipeline.yaml\n\n\
-        Exit status: 0 when every stage succeeded, 1 when a stage failed, 2 when the manifest \
-        or a plugin is invalid (nothing ran).")]
+    #[command(
+        after_help = "Examples:\n  gantry run examples/hello/pipeline.yaml\n  gantry run pipeline.yaml --env production --output json\n\n\
+        Stages run as soon as the stages they need have succeeded. The run is journaled in \
+        <workspace>/.gantry/runs/<run-id>/ (journal, per-stage logs, summary); if gantry dies, \
+        `gantry resume <run-id>` continues it. Ctrl-C stops running stages and records it.\n\n\
+        Exit status: 0 when every stage succeeded (or was skipped by its condition), 1 when a \
+        stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C."
+    )]
     Run {
         /// The pipeline manifest (YAML).
         manifest: PathBuf,
-        /// The environment name handed to stages and telemetry.
-        #[arg(long = "env", default_value = "default", value_name = "NAME")]
-        environment: String,
-        /// Print the run result as JSON on stdout at the end; progress goes to stderr.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Check a manifest and every plugin it uses, without running anything.
     #[command(
-        after_help = "Example:\n  gantry validate examples/hello/pipeline.yaml\n\n\
+        after_help = "Example:\n  gantry validate examples/hello/pipeline.yaml --env default\n\n\
         Checks the YAML against the manifest format (unknown fields, types), stage names, \
-        `needs`, plugin references, grants and limits, then loads each plugin: a corrupt \
-        .wasm, a core module, or a plugin built against another gantry:pipeline version is \
-        refused. Errors name the file, line, column and field."
+        `needs` (unknown stages, cycles), environments and providers, expressions, grants and \
+        limits; loads each plugin (a corrupt .wasm, a core module, or a plugin built against \
+        another gantry:pipeline version is refused) and checks each stage's `with` against the \
+        JSON Schema its plugin describes. Errors name the file, line, column and field."
     )]
     Validate {
         /// The pipeline manifest (YAML).
         manifest: PathBuf,
+        #[command(flatten)]
+        env: EnvArg,
+    },
+    /// Show what a run would do: stages in order, provider and digest, config
+    /// (secrets masked), grants and needs.
+    #[command(
+        after_help = "Examples:\n  gantry plan examples/hello/pipeline.yaml\n  gantry plan pipeline.yaml --env production --output json"
+    )]
+    Plan {
+        /// The pipeline manifest (YAML).
+        manifest: PathBuf,
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Continue a run whose host died, without re-running finished stages.
+    #[command(
+        after_help = "Example:\n  gantry resume 1a2b3c4d5e6-0f1e -C examples/hello\n\n\
+        Reads <workspace>/.gantry/runs/<run-id>/journal.jsonl. Stages whose completion was \
+        recorded keep their result and outputs; the others run. The manifest must be unchanged."
+    )]
+    Resume {
+        run_id: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// List the runs recorded in a workspace, oldest first.
+    #[command(after_help = "Example:\n  gantry runs -C examples/hello")]
+    Runs {
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+    },
+    /// Show the logs of a run, or of one of its stages.
+    #[command(
+        after_help = "Examples:\n  gantry logs 1a2b3c4d5e6-0f1e -C examples/hello\n  gantry logs 1a2b3c4d5e6-0f1e test -C examples/hello"
+    )]
+    Logs {
+        run_id: String,
+        stage: Option<String>,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
     },
     /// List or inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+}
+
+#[derive(Args)]
+struct EnvArg {
+    /// The environment (an overlay in the manifest); default: the one marked
+    /// `default: true`, else `default`.
+    #[arg(long = "env", value_name = "NAME")]
+    environment: Option<String>,
+}
+
+#[derive(Args)]
+struct OutputArg {
+    /// `text` for people, `json` for programs (progress then goes to stderr).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct WorkspaceArg {
+    /// The workspace the runs are recorded in (where `.gantry/runs` is).
+    #[arg(
+        short = 'C',
+        long = "workspace",
+        value_name = "DIR",
+        default_value = "."
+    )]
+    dir: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -121,12 +203,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         ..RuntimeOptions::default()
     };
-    let json_out = matches!(
-        cli.command,
-        Command::Run { json: true, .. }
-            | Command::Plugins(PluginsCommand::Inspect { json: true, .. })
-    );
-    let console: Arc<dyn Reporter> = Arc::new(if json_out {
+    let json = match &cli.command {
+        Command::Run { output, .. }
+        | Command::Plan { output, .. }
+        | Command::Resume { output, .. } => output.output == Output::Json,
+        Command::Plugins(PluginsCommand::Inspect { json, .. }) => *json,
+        _ => false,
+    };
+    let console: Arc<dyn Reporter> = Arc::new(if json {
         Console::on_stderr(cli.global.verbose)
     } else {
         Console::new(cli.global.verbose)
@@ -134,67 +218,112 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run {
             manifest,
-            environment,
-            json,
+            env,
+            output,
         } => {
-            let Some((file, plan)) = load_manifest(&manifest) else {
+            let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
+            if let Err(errors) = check_configs(&runtime, &plan).await {
+                print_errors(&errors);
+                return Ok(ExitCode::from(2));
+            }
+            let run_id = crate::pipeline::new_run_id();
+            let commit = crate::pipeline::detect_commit(&plan.workspace);
+            let mut journal = Journal::create(&plan.workspace, &run_id)?;
+            journal.append(&Record::RunStarted {
+                run_id: run_id.clone(),
+                pipeline: plan.pipeline.clone(),
+                environment: plan.environment.clone(),
+                manifest: std::path::absolute(&file.path)?,
+                manifest_sha256: crate::journal::file_sha256(&file.path)?,
+                commit: commit.clone(),
+                ts_ms: crate::capabilities::telemetry::now_ms(),
+            })?;
             let pipeline = Pipeline {
                 runtime: &runtime,
                 plan: &plan,
                 reporter: console.clone(),
-                environment,
+                run_id,
+                commit,
             };
-            let result = match pipeline.run(&file).await {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let failed: Vec<&str> = result
-                .stages
-                .iter()
-                .filter(|s| !s.succeeded())
-                .map(|s| s.name.as_str())
-                .collect();
-            let ok = result.stages.len() - failed.len();
-            if failed.is_empty() {
-                console.note(&format!("run {} succeeded: {ok} stage(s)", result.run_id));
-            } else {
-                console.note(&format!(
-                    "run {} failed: {ok} succeeded, {} did not ({})",
-                    result.run_id,
-                    failed.len(),
-                    failed.join(", ")
-                ));
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
-            }
-            Ok(if failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            finish_run(
+                pipeline.run(journal, Resume::default()).await,
+                &console,
+                output.output,
+            )
         }
-        Command::Validate { manifest } => {
-            let Some((_file, plan)) = load_manifest(&manifest) else {
+        Command::Resume {
+            run_id,
+            workspace,
+            output,
+        } => {
+            let dir = crate::journal::run_dir(&workspace.dir, &run_id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no run `{run_id}` in {}",
+                    workspace.dir.join(crate::journal::RUNS_DIR).display()
+                )
+            })?;
+            let records = Journal::read(&dir)?;
+            let Some(Record::RunStarted {
+                manifest,
+                manifest_sha256,
+                environment,
+                commit,
+                ..
+            }) = records.first()
+            else {
+                anyhow::bail!(
+                    "{}: the journal does not start with run-started",
+                    dir.display()
+                );
+            };
+            if records
+                .iter()
+                .any(|r| matches!(r, Record::RunFinished { .. }))
+            {
+                anyhow::bail!("run `{run_id}` already finished; start a new one with `gantry run`");
+            }
+            if crate::journal::file_sha256(manifest).ok().as_ref() != Some(manifest_sha256) {
+                anyhow::bail!(
+                    "{} changed (or is gone) since run `{run_id}` started; resuming would mix two \
+                     pipelines: start a new run with `gantry run`",
+                    manifest.display()
+                );
+            }
+            let Some((_file, plan)) = load_manifest(manifest, Some(environment)) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if let Err(errors) = load_plugins(&runtime, &plan) {
-                for e in errors {
-                    eprintln!("error: {e}");
-                }
+            let mut journal = Journal::open(&dir)?;
+            journal.append(&Record::RunResumed {
+                ts_ms: crate::capabilities::telemetry::now_ms(),
+            })?;
+            let resume = Resume::from_records(&records);
+            let pipeline = Pipeline {
+                runtime: &runtime,
+                plan: &plan,
+                reporter: console.clone(),
+                run_id,
+                commit: commit.clone(),
+            };
+            finish_run(pipeline.run(journal, resume).await, &console, output.output)
+        }
+        Command::Validate { manifest, env } => {
+            let Some((_file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
+                return Ok(ExitCode::from(2));
+            };
+            let runtime = new_runtime(options, &console)?;
+            if let Err(errors) = check_configs(&runtime, &plan).await {
+                print_errors(&errors);
                 return Ok(ExitCode::from(2));
             }
             println!(
-                "{}: pipeline `{}` is valid",
+                "{}: pipeline `{}` is valid for environment `{}`",
                 manifest.display(),
-                plan.pipeline
+                plan.pipeline,
+                plan.environment
             );
             for unit in plan.stages.iter().chain(&plan.sinks) {
                 println!(
@@ -204,6 +333,59 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     unit.grants.describe().join("; ")
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            manifest,
+            env,
+            output,
+        } => {
+            let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
+                return Ok(ExitCode::from(2));
+            };
+            let runtime = new_runtime(options, &console)?;
+            let plugins = match load_plugins(&runtime, &plan) {
+                Ok(p) => p,
+                Err(errors) => {
+                    print_errors(&errors);
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let secrets =
+                crate::capabilities::secrets::SecretStore::resolve(&plan.secrets, &file.dir());
+            let shown = crate::show::plan(&plan, &plugins, &secrets);
+            if output.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!("{}", crate::show::plan_text(&shown));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runs { workspace } => {
+            let runs = crate::journal::list_runs(&workspace.dir);
+            if runs.is_empty() {
+                println!(
+                    "no runs in {}",
+                    workspace.dir.join(crate::journal::RUNS_DIR).display()
+                );
+            }
+            for (id, records) in runs {
+                println!("{}", crate::show::run_line(&id, &records));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs {
+            run_id,
+            stage,
+            workspace,
+        } => {
+            let dir = crate::journal::run_dir(&workspace.dir, &run_id).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no run `{run_id}` in {}",
+                    workspace.dir.join(crate::journal::RUNS_DIR).display()
+                )
+            })?;
+            print!("{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List) => {
@@ -296,8 +478,114 @@ fn kind_name(kind: crate::runtime::bindings::types::CapabilityKind) -> &'static 
     }
 }
 
+/// Print the summary of a run and choose the exit status.
+fn finish_run(
+    result: anyhow::Result<RunResult>,
+    console: &Arc<dyn Reporter>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for line in crate::show::summary_table(&result).lines() {
+        console.note(line);
+    }
+    let failed: Vec<&str> = result
+        .stages
+        .iter()
+        .filter(|s| !s.ok())
+        .map(|s| s.name.as_str())
+        .collect();
+    let verdict = if result.cancelled {
+        format!(
+            "run {} cancelled; `gantry resume {}` continues it",
+            result.run_id, result.run_id
+        )
+    } else if failed.is_empty() {
+        format!("run {} succeeded", result.run_id)
+    } else {
+        format!("run {} failed: {}", result.run_id, failed.join(", "))
+    };
+    console.note(&verdict);
+    if crate::vso::enabled() {
+        for line in crate::vso::commands(&result) {
+            println!("{line}");
+        }
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    Ok(if result.cancelled {
+        ExitCode::from(130)
+    } else if result.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_errors(errors: &[String]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+}
+
+/// Load every plugin and check each stage's `with` against the JSON Schema its
+/// plugin's describe() returns.
+async fn check_configs(runtime: &Runtime, plan: &Plan) -> Result<(), Vec<String>> {
+    let plugins = load_plugins(runtime, plan)?;
+    let ctx = bare_context();
+    let mut errors = vec![];
+    let mut schemas: std::collections::HashMap<String, Option<serde_json::Value>> =
+        Default::default();
+    for unit in plan.stages.iter().chain(&plan.sinks) {
+        let plugin = &plugins[&unit.field];
+        if !schemas.contains_key(&plugin.digest) {
+            let schema = match runtime.describe(plugin, &ctx).await {
+                Ok(info) if info.config_schema.trim().is_empty() => None,
+                Ok(info) => match serde_json::from_str(&info.config_schema) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        errors.push(format!(
+                            "{}: its config schema is not JSON: {e}",
+                            plugin.label
+                        ));
+                        None
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("{}: {e:#}", unit.field));
+                    None
+                }
+            };
+            schemas.insert(plugin.digest.clone(), schema);
+        }
+        if let Some(schema) = &schemas[&plugin.digest] {
+            errors.extend(
+                crate::schema::check_config(schema, &unit.config)
+                    .into_iter()
+                    .map(|e| {
+                        format!(
+                            "{}.with{}: {} (schema of `{}`)",
+                            unit.field, e.path, e.message, unit.uses
+                        )
+                    }),
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Parse and plan a manifest, printing every problem; `None` when there were any.
-fn load_manifest(path: &std::path::Path) -> Option<(ManifestFile, Plan)> {
+fn load_manifest(path: &std::path::Path, env: Option<&str>) -> Option<(ManifestFile, Plan)> {
     let file = match ManifestFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
@@ -305,7 +593,7 @@ fn load_manifest(path: &std::path::Path) -> Option<(ManifestFile, Plan)> {
             return None;
         }
     };
-    match Plan::new(&file) {
+    match Plan::new(&file, env) {
         Ok(plan) => Some((file, plan)),
         Err(errors) => {
             eprintln!("{errors}");
@@ -335,6 +623,7 @@ fn bare_context() -> InstanceContext {
         redactor: Default::default(),
         secrets: Default::default(),
         collector: Default::default(),
+        run_dir: None,
         base: crate::capabilities::telemetry::EventBase {
             run_id: String::new(),
             pipeline: String::new(),

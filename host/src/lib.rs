@@ -14,6 +14,8 @@
 
 pub mod capabilities;
 pub mod cli;
+pub mod expr;
+pub mod journal;
 pub mod manifest;
 pub mod pipeline;
 pub mod plan;
@@ -21,7 +23,10 @@ pub mod plugins;
 pub mod redact;
 pub mod report;
 pub mod runtime;
+pub mod schema;
+pub mod show;
 pub mod units;
+pub mod vso;
 
 /// The WIT package this host implements; plugins must be built against a
 /// semver-compatible version.

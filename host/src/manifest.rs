@@ -31,11 +31,63 @@ pub struct Manifest {
     /// Values are never written in the manifest.
     #[serde(default)]
     pub secrets: BTreeMap<String, Spanned<SecretSource>>,
-    /// The stages, run in the order written.
+    /// Variables for expressions (`${{ vars.NAME }}`); environments may override them.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// The stages. They run as soon as the stages they `need` have succeeded.
     pub stages: Vec<Stage>,
-    /// Telemetry sinks that receive the run's events when it ends.
+    /// Telemetry sinks that receive the run's events.
     #[serde(default)]
     pub telemetry: Vec<Sink>,
+    /// Named overlays: per environment, change stages' config or provider,
+    /// variables, secret sources and telemetry sinks.
+    #[serde(default)]
+    pub environments: BTreeMap<String, Spanned<Environment>>,
+}
+
+/// An environment: an overlay on the pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Chosen when `--env` is not given. At most one environment may say so.
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Added to, or replacing, the top-level variables.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Added to, or replacing, the top-level secret sources.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<SecretSource>>,
+    /// Per-stage overlays, by stage name.
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<StageOverlay>>,
+    /// Replaces the top-level telemetry sinks.
+    #[serde(default)]
+    pub telemetry: Option<Vec<Sink>>,
+}
+
+/// What an environment changes in one stage. `with` is merged into the stage's
+/// (objects key by key, anything else replaced); the other fields replace.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageOverlay {
+    /// Swap the provider: another plugin behind the same stage.
+    #[serde(default)]
+    pub uses: Option<Spanned<String>>,
+    #[serde(default)]
+    pub with: Option<Spanned<serde_json::Value>>,
+    #[serde(default)]
+    pub permissions: Option<Permissions>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub retries: Option<Spanned<u32>>,
+    #[serde(default, rename = "if")]
+    pub condition: Option<Spanned<String>>,
 }
 
 /// Where a plugin alias points.
@@ -66,11 +118,14 @@ pub enum SecretSource {
 pub struct Stage {
     /// Unique within the pipeline.
     pub name: Spanned<String>,
-    /// A built-in plugin name, an alias from `plugins:`, or a path to a `.wasm` file.
-    pub uses: Spanned<String>,
-    /// The plugin's configuration, handed to it as JSON.
+    /// A built-in plugin name, an alias from `plugins:`, or a path to a `.wasm`
+    /// file. May be left to the environments, each choosing its provider.
     #[serde(default)]
-    pub with: Option<serde_json::Value>,
+    pub uses: Option<Spanned<String>>,
+    /// The plugin's configuration, handed to it as JSON. Strings may hold
+    /// `${{ ... }}` expressions.
+    #[serde(default)]
+    pub with: Option<Spanned<serde_json::Value>>,
     /// Earlier stages that must succeed before this one runs; their outputs and
     /// artifacts are this stage's inputs.
     #[serde(default)]
@@ -84,6 +139,13 @@ pub struct Stage {
     /// Wall-clock limit for the whole stage, e.g. `10m`.
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
+    /// How often to retry after a `transient` error, with exponential backoff.
+    #[serde(default)]
+    pub retries: Option<Spanned<u32>>,
+    /// Run the stage only when this expression is true, e.g.
+    /// `${{ run.environment == 'production' }}`; otherwise it is skipped.
+    #[serde(default, rename = "if")]
+    pub condition: Option<Spanned<String>>,
 }
 
 /// A telemetry sink as written: like a stage without a name or timeout.
@@ -92,7 +154,7 @@ pub struct Stage {
 pub struct Sink {
     pub uses: Spanned<String>,
     #[serde(default)]
-    pub with: Option<serde_json::Value>,
+    pub with: Option<Spanned<serde_json::Value>>,
     #[serde(default)]
     pub permissions: Permissions,
     #[serde(default)]
@@ -100,7 +162,7 @@ pub struct Sink {
 }
 
 /// Capability grants. Everything absent is denied.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Permissions {
     /// `read` (default) or `write`.
@@ -127,14 +189,14 @@ pub struct Permissions {
     pub cluster: Option<ClusterPermission>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterPermission {
     pub namespaces: Vec<Spanned<String>>,
 }
 
 /// Resource caps as written.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory, e.g. `256MiB`.
@@ -353,9 +415,9 @@ mod tests {
         .unwrap();
         let s = &m.manifest.stages[0];
         assert_eq!(s.name.value, "a");
-        assert_eq!(s.uses.referenced.line(), 4);
+        assert_eq!(s.uses.as_ref().unwrap().referenced.line(), 4);
         assert_eq!(s.permissions.exec[0].value, "cargo");
-        assert_eq!(s.with.as_ref().unwrap()["steps"][0]["run"][1], "test");
+        assert_eq!(s.with.as_ref().unwrap().value["steps"][0]["run"][1], "test");
     }
 
     #[test]
@@ -375,7 +437,7 @@ mod tests {
     #[test]
     fn spanned_error_shows_line_and_field() {
         let m = parse("pipeline: demo\nstages:\n  - name: a\n    uses: nope\n").unwrap();
-        let at = &m.manifest.stages[0].uses.referenced;
+        let at = &m.manifest.stages[0].uses.as_ref().unwrap().referenced;
         let err = ManifestErrors(vec![m.error(
             at,
             "stages[0].uses",

@@ -1,29 +1,38 @@
-//! Runs a plan: loads every plugin first (a bad one stops the run before any
-//! stage starts), then runs the stages in order, each in its own sandbox. A
-//! stage whose `needs` failed is skipped; stages that do not depend on a failed
-//! one still run. At the end, the run's events go to the telemetry sinks.
+//! Runs a plan. Every plugin is loaded first (a bad one stops the run before any
+//! stage starts). Then stages run concurrently as soon as the stages they need
+//! have succeeded; a failed stage skips its dependents while independent
+//! branches finish. Each state change is written to the run's journal before it
+//! is acted on, so a run whose host died can be resumed. At the end the run's
+//! events go to the telemetry sinks.
 
 use crate::capabilities::Subject;
 use crate::capabilities::secrets::SecretStore;
 use crate::capabilities::telemetry::{Collector, EventBase, now_ms};
-use crate::manifest::ManifestFile;
+use crate::expr::{self, Ref};
+use crate::journal::{ArtifactRecord, Journal, Record};
 use crate::plan::{Plan, Unit};
 use crate::plugins::PluginSource;
 use crate::report::Reporter;
-use crate::runtime::bindings::types::{Artifact, EventKind, StageContext, StageOutputs};
+use crate::runtime::bindings::types::{
+    Artifact, EventKind, StageContext, StageError, StageOutputs,
+};
 use crate::runtime::loader::WorldKind;
 use crate::runtime::state::StageState;
 use crate::runtime::{Failure, InstanceContext, Plugin, Runtime};
-use std::collections::HashMap;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How one stage ended.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StageResult {
     pub name: String,
-    /// `succeeded`, `skipped`, or the failure kind (`failed`, `denied`, `stopped`, ...).
+    /// The provider (`uses:`) it ran with.
+    pub uses: String,
+    /// `succeeded`, `skipped`, `cancelled`, or the failure kind (`failed`,
+    /// `denied`, `transient`, `stopped`, `timeout`, ...).
     pub status: String,
     /// The summary on success, the error otherwise.
     pub detail: String,
@@ -31,11 +40,19 @@ pub struct StageResult {
     pub outputs: Vec<(String, String)>,
     /// Calls the sandbox refused, with the grant that would allow each.
     pub denials: Vec<String>,
+    #[serde(skip)]
+    pub artifacts: Vec<ArtifactRecord>,
 }
 
 impl StageResult {
     pub fn succeeded(&self) -> bool {
         self.status == "succeeded"
+    }
+
+    /// Skipped stages (a false `if:`, a failed need) do not fail a run by
+    /// themselves: the failure that caused them does.
+    pub fn ok(&self) -> bool {
+        self.status == "succeeded" || self.status == "skipped"
     }
 }
 
@@ -43,12 +60,17 @@ impl StageResult {
 pub struct RunResult {
     pub run_id: String,
     pub pipeline: String,
+    pub environment: String,
+    /// The run directory (journal, logs, summary).
+    pub dir: String,
+    /// True when Ctrl-C stopped the run; `gantry resume` continues it.
+    pub cancelled: bool,
     pub stages: Vec<StageResult>,
 }
 
 impl RunResult {
     pub fn succeeded(&self) -> bool {
-        self.stages.iter().all(StageResult::succeeded)
+        !self.cancelled && self.stages.iter().all(StageResult::ok)
     }
 }
 
@@ -96,7 +118,7 @@ pub fn load_plugins(
 }
 
 /// A run id: sortable by time, unique enough on one machine.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -108,17 +130,90 @@ fn new_run_id() -> String {
     )
 }
 
+/// The commit being built: from the CI system, else from git in the workspace.
+pub fn detect_commit(workspace: &Path) -> Option<String> {
+    for var in [
+        "GITHUB_SHA",
+        "BUILD_SOURCEVERSION",
+        "CI_COMMIT_SHA",
+        "GIT_COMMIT",
+    ] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            return Some(v);
+        }
+    }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(workspace)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Where a run starts from: nothing, or what a journal recorded.
+#[derive(Default)]
+pub struct Resume {
+    /// Stages whose completion was recorded.
+    pub finished: BTreeMap<String, StageResult>,
+}
+
+impl Resume {
+    pub fn from_records(records: &[Record]) -> Self {
+        let mut finished = BTreeMap::new();
+        for r in records {
+            if let Record::StageFinished {
+                stage,
+                status,
+                detail,
+                duration_ms,
+                outputs,
+                artifacts,
+                denials,
+                ..
+            } = r
+            {
+                finished.insert(
+                    stage.clone(),
+                    StageResult {
+                        name: stage.clone(),
+                        uses: String::new(),
+                        status: status.clone(),
+                        detail: detail.clone(),
+                        duration_ms: *duration_ms,
+                        outputs: outputs.clone(),
+                        denials: denials.clone(),
+                        artifacts: artifacts.clone(),
+                    },
+                );
+            }
+        }
+        Self { finished }
+    }
+}
+
 pub struct Pipeline<'a> {
     pub runtime: &'a Runtime,
     pub plan: &'a Plan,
     pub reporter: Arc<dyn Reporter>,
-    pub environment: String,
+    pub run_id: String,
+    pub commit: Option<String>,
+}
+
+/// Why the executor stopped early.
+enum Stop {
+    Cancelled,
 }
 
 impl Pipeline<'_> {
-    /// Run the plan. Errors here are the host's (a plugin that does not load);
+    /// Run (or resume) the plan, journaling into `journal`. Errors here are the
+    /// host's (a plugin that does not load, a journal that cannot be written);
     /// stage failures are in the result.
-    pub async fn run(&self, file: &ManifestFile) -> anyhow::Result<RunResult> {
+    pub async fn run(&self, journal: Journal, resume: Resume) -> anyhow::Result<RunResult> {
         let plugins = load_plugins(self.runtime, self.plan).map_err(|errs| {
             anyhow::anyhow!(
                 "refusing to run; these plugins cannot be used:\n  {}",
@@ -132,12 +227,14 @@ impl Pipeline<'_> {
                 p.label, p.digest, p.cache
             ));
         }
-        let secrets = Arc::new(SecretStore::resolve(file));
-        let run_id = new_run_id();
+        let secrets = Arc::new(SecretStore::resolve(
+            &self.plan.secrets,
+            &manifest_dir(&self.plan.manifest),
+        ));
         let base = EventBase {
-            run_id: run_id.clone(),
+            run_id: self.run_id.clone(),
             pipeline: self.plan.pipeline.clone(),
-            environment: self.environment.clone(),
+            environment: self.plan.environment.clone(),
         };
         let ctx = InstanceContext {
             workspace: self.plan.workspace.clone(),
@@ -146,98 +243,325 @@ impl Pipeline<'_> {
             secrets,
             collector: Collector::default(),
             base: base.clone(),
+            run_dir: Some(journal.dir().to_path_buf()),
         };
+        let dir = journal.dir().to_path_buf();
+        let journal = Mutex::new(journal);
+        let resumed = !resume.finished.is_empty();
         self.reporter.note(&format!(
-            "run {run_id}: pipeline `{}`, environment `{}`, {} stage(s)",
+            "run {}{}: pipeline `{}`, environment `{}`, {} stage(s); journal in {}",
+            self.run_id,
+            if resumed { " (resumed)" } else { "" },
             self.plan.pipeline,
-            self.environment,
-            self.plan.stages.len()
+            self.plan.environment,
+            self.plan.stages.len(),
+            dir.display()
         ));
         ctx.collector
             .push(base.event(EventKind::RunStarted, None, &self.plan.pipeline));
         let started = Instant::now();
 
-        let mut done: HashMap<String, (StageResult, Vec<Artifact>)> = HashMap::new();
-        let mut results = vec![];
-        for unit in &self.plan.stages {
-            let blocked = unit
-                .needs
-                .iter()
-                .find(|n| !done.get(*n).is_some_and(|(r, _)| r.succeeded()));
-            let result = match blocked {
-                Some(need) => {
-                    let detail = format!("skipped: it needs `{need}`, which did not succeed");
-                    self.reporter
-                        .stage_finished(&unit.name, false, Duration::ZERO, &detail);
-                    (
-                        stage_result(unit, "skipped", detail, Duration::ZERO, vec![], vec![]),
-                        vec![],
-                    )
-                }
-                None => {
-                    self.run_stage(unit, &plugins[&unit.field], &ctx, &done)
-                        .await
-                }
-            };
-            results.push(result.0.clone());
-            done.insert(unit.name.clone(), result);
-        }
-
+        let (done, stop) = self.execute(&plugins, &ctx, &journal, resume).await?;
+        let cancelled = matches!(stop, Some(Stop::Cancelled));
+        let stages = self
+            .plan
+            .stages
+            .iter()
+            .map(|u| {
+                done.get(&u.name).cloned().unwrap_or_else(|| StageResult {
+                    name: u.name.clone(),
+                    uses: u.uses.clone(),
+                    status: "cancelled".into(),
+                    detail: "cancelled before it finished".into(),
+                    duration_ms: 0,
+                    outputs: vec![],
+                    denials: vec![],
+                    artifacts: vec![],
+                })
+            })
+            .collect();
         let result = RunResult {
-            run_id,
+            run_id: self.run_id.clone(),
             pipeline: self.plan.pipeline.clone(),
-            stages: results,
+            environment: self.plan.environment.clone(),
+            dir: dir.display().to_string(),
+            cancelled,
+            stages,
         };
+        if !cancelled {
+            journal.lock().unwrap().append(&Record::RunFinished {
+                success: result.succeeded(),
+                ts_ms: now_ms(),
+            })?;
+        }
         let mut finished = base.event(EventKind::RunFinished, None, &self.plan.pipeline);
         finished.duration_ms = Some(started.elapsed().as_millis() as u64);
         finished.success = Some(result.succeeded());
         ctx.collector.push(finished);
         self.publish(&plugins, &ctx).await;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_vec_pretty(&result)?,
+        )?;
         Ok(result)
     }
 
-    async fn run_stage(
+    /// The DAG: start every stage whose needs are done, as soon as they are.
+    async fn execute(
         &self,
-        unit: &Unit,
-        plugin: &Plugin,
+        plugins: &HashMap<String, Arc<Plugin>>,
         ctx: &InstanceContext,
-        done: &HashMap<String, (StageResult, Vec<Artifact>)>,
-    ) -> (StageResult, Vec<Artifact>) {
-        self.reporter.stage_started(&unit.name, &unit.uses);
+        journal: &Mutex<Journal>,
+        resume: Resume,
+    ) -> anyhow::Result<(BTreeMap<String, StageResult>, Option<Stop>)> {
+        let mut done: BTreeMap<String, StageResult> = BTreeMap::new();
+        for unit in &self.plan.stages {
+            if let Some(r) = resume.finished.get(&unit.name) {
+                let mut r = r.clone();
+                r.uses = unit.uses.clone();
+                self.reporter.stage_finished(
+                    &unit.name,
+                    r.ok(),
+                    Duration::ZERO,
+                    &format!("{} (recorded before the resume)", r.detail),
+                );
+                done.insert(unit.name.clone(), r);
+            }
+        }
+        let mut started: Vec<String> = done.keys().cloned().collect();
+        let mut running = FuturesUnordered::new();
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for unit in &self.plan.stages {
+                    if started.contains(&unit.name)
+                        || !unit.needs.iter().all(|n| done.contains_key(n))
+                    {
+                        continue;
+                    }
+                    started.push(unit.name.clone());
+                    progressed = true;
+                    let skip = match unit.needs.iter().find(|n| !done[*n].succeeded()) {
+                        Some(need) => {
+                            Some(format!("skipped: it needs `{need}`, which did not succeed"))
+                        }
+                        None => match self.condition(unit, &done) {
+                            Ok(true) => None,
+                            Ok(false) => Some(format!(
+                                "skipped: `if: {}` is false",
+                                unit.condition.as_ref().unwrap().0
+                            )),
+                            Err(e) => Some(format!("skipped: `if:` could not be evaluated: {e}")),
+                        },
+                    };
+                    if let Some(detail) = skip {
+                        let result = skipped(unit, detail);
+                        self.finish(journal, ctx, &result, Duration::ZERO)?;
+                        done.insert(unit.name.clone(), result);
+                        continue;
+                    }
+                    journal.lock().unwrap().append(&Record::StageStarted {
+                        stage: unit.name.clone(),
+                        attempt: 1,
+                        ts_ms: now_ms(),
+                    })?;
+                    let context = self.context(unit, ctx, &done);
+                    running.push(self.run_stage(
+                        unit,
+                        plugins[&unit.field].clone(),
+                        ctx,
+                        context,
+                        journal,
+                    ));
+                }
+            }
+            if running.is_empty() {
+                return Ok((done, None));
+            }
+            tokio::select! {
+                Some((result, elapsed)) = running.next() => {
+                    let result: StageResult = result;
+                    self.finish(journal, ctx, &result, elapsed)?;
+                    done.insert(result.name.clone(), result);
+                }
+                _ = &mut ctrl_c => {
+                    // Dropping the futures drops their Stores and kills the
+                    // programs they started; the stages run again on resume.
+                    drop(running);
+                    let stopped: Vec<String> = started.iter().filter(|s| !done.contains_key(*s)).cloned().collect();
+                    journal.lock().unwrap().append(&Record::RunCancelled { stages: stopped.clone(), ts_ms: now_ms() })?;
+                    self.reporter.note(&format!(
+                        "cancelled: stopped {}; `gantry resume {}` continues the run",
+                        if stopped.is_empty() { "nothing".to_string() } else { stopped.join(", ") },
+                        self.run_id
+                    ));
+                    return Ok((done, Some(Stop::Cancelled)));
+                }
+            }
+        }
+    }
+
+    /// Journal, report and emit telemetry for a finished (or skipped) stage.
+    fn finish(
+        &self,
+        journal: &Mutex<Journal>,
+        ctx: &InstanceContext,
+        r: &StageResult,
+        elapsed: Duration,
+    ) -> anyhow::Result<()> {
+        journal.lock().unwrap().append(&Record::StageFinished {
+            stage: r.name.clone(),
+            status: r.status.clone(),
+            detail: r.detail.clone(),
+            duration_ms: r.duration_ms,
+            outputs: r.outputs.clone(),
+            artifacts: r.artifacts.clone(),
+            denials: r.denials.clone(),
+            ts_ms: now_ms(),
+        })?;
+        self.reporter
+            .stage_finished(&r.name, r.ok(), elapsed, &r.detail);
         let mut event = ctx
             .base
-            .event(EventKind::StageStarted, Some(&unit.name), &unit.name);
-        ctx.collector.push(event.clone());
-        let started = Instant::now();
-        let subject = Subject::new(&unit.name, &unit.field);
-        let context = StageContext {
-            run_id: ctx.base.run_id.clone(),
-            pipeline: ctx.base.pipeline.clone(),
+            .event(EventKind::StageFinished, Some(&r.name), &r.name);
+        event.duration_ms = Some(r.duration_ms);
+        event.success = Some(r.succeeded());
+        event.properties = vec![
+            ("plugin".into(), r.uses.clone()),
+            ("status".into(), r.status.clone()),
+        ];
+        event.properties.extend(
+            r.outputs
+                .iter()
+                .map(|(k, v)| (format!("output.{k}"), v.clone())),
+        );
+        ctx.collector.push(event);
+        Ok(())
+    }
+
+    /// Resolve a reference at run time.
+    fn lookup(
+        &self,
+        r: &Ref,
+        done: &BTreeMap<String, StageResult>,
+        secrets: Option<&SecretStore>,
+    ) -> Option<String> {
+        match r {
+            Ref::Var(n) => self.plan.variables.get(n).cloned(),
+            Ref::Secret(n) => secrets?.value(n).map(str::to_string),
+            Ref::Run(f) => match f.as_str() {
+                "id" => Some(self.run_id.clone()),
+                "commit" => Some(self.commit.clone().unwrap_or_default()),
+                "environment" => Some(self.plan.environment.clone()),
+                "pipeline" => Some(self.plan.pipeline.clone()),
+                _ => None,
+            },
+            Ref::Output { stage, key } => done
+                .get(stage)?
+                .outputs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone()),
+        }
+    }
+
+    fn condition(&self, unit: &Unit, done: &BTreeMap<String, StageResult>) -> Result<bool, String> {
+        match &unit.condition {
+            None => Ok(true),
+            Some((_, e)) => e.eval_bool(&|r| self.lookup(r, done, None)),
+        }
+    }
+
+    /// The stage's context, with expressions in its config resolved.
+    fn context(
+        &self,
+        unit: &Unit,
+        ctx: &InstanceContext,
+        done: &BTreeMap<String, StageResult>,
+    ) -> Result<StageContext, String> {
+        let config = resolve(&unit.config, &|r| self.lookup(r, done, Some(&ctx.secrets)))?;
+        Ok(StageContext {
+            run_id: self.run_id.clone(),
+            pipeline: self.plan.pipeline.clone(),
             stage: unit.name.clone(),
-            environment: ctx.base.environment.clone(),
-            config: unit.config.clone(),
-            inputs: unit.needs.iter().flat_map(|n| done[n].1.clone()).collect(),
+            environment: self.plan.environment.clone(),
+            config: config.to_string(),
+            inputs: unit
+                .needs
+                .iter()
+                .flat_map(|n| done[n].artifacts.iter().map(to_wit))
+                .collect(),
             upstream: unit
                 .needs
                 .iter()
                 .map(|n| StageOutputs {
                     stage: n.clone(),
-                    outputs: done[n].0.outputs.clone(),
+                    outputs: done[n].outputs.clone(),
                 })
                 .collect(),
-        };
-        let outcome = match StageState::prepare(ctx, subject, &unit.grants, &unit.limits) {
-            Ok(state) => {
-                let denials = state.denials().clone();
-                let outcome = self
-                    .runtime
-                    .run_stage(plugin, state, &context, &unit.limits)
-                    .await;
-                (outcome, denials.take())
+        })
+    }
+
+    /// Run one stage, retrying `transient` failures with exponential backoff.
+    async fn run_stage(
+        &self,
+        unit: &Unit,
+        plugin: Arc<Plugin>,
+        ctx: &InstanceContext,
+        context: Result<StageContext, String>,
+        journal: &Mutex<Journal>,
+    ) -> (StageResult, Duration) {
+        self.reporter.stage_started(&unit.name, &unit.uses);
+        ctx.collector.push(
+            ctx.base
+                .event(EventKind::StageStarted, Some(&unit.name), &unit.name),
+        );
+        let started = Instant::now();
+        let mut attempt = 1;
+        let (outcome, denials) = loop {
+            let (outcome, denials) = match &context {
+                Err(e) => (
+                    Err(Failure::Setup(format!("cannot resolve its config: {e}"))),
+                    vec![],
+                ),
+                Ok(context) => {
+                    let subject = Subject::new(&unit.name, &unit.field);
+                    match StageState::prepare(ctx, subject, &unit.grants, &unit.limits) {
+                        Ok(state) => {
+                            let denials = state.denials().clone();
+                            let outcome = self
+                                .runtime
+                                .run_stage(&plugin, state, context, &unit.limits)
+                                .await;
+                            (outcome, denials.take())
+                        }
+                        Err(e) => (Err(Failure::Setup(format!("{e:#}"))), vec![]),
+                    }
+                }
+            };
+            match &outcome {
+                Err(Failure::Stage(StageError::Transient(why))) if attempt <= unit.retries => {
+                    let delay = backoff(attempt);
+                    let why = ctx.redactor.redact(why);
+                    self.reporter.note(&format!(
+                        "  {}: transient failure ({why}); retry {attempt} of {} in {delay:?}",
+                        unit.name, unit.retries
+                    ));
+                    let _ = journal.lock().unwrap().append(&Record::StageRetry {
+                        stage: unit.name.clone(),
+                        attempt,
+                        detail: why,
+                        ts_ms: now_ms(),
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                _ => break (outcome, denials),
             }
-            Err(e) => (Err(Failure::Setup(format!("{e:#}"))), vec![]),
         };
-        let (outcome, denials) = outcome;
         let outcome = outcome.and_then(|o| {
             check_artifacts(&o.artifacts)
                 .map(|()| o)
@@ -248,43 +572,36 @@ impl Pipeline<'_> {
             self.reporter
                 .note(&format!("  denied: {}", ctx.redactor.redact(d)));
         }
-        let (result, artifacts) = match outcome {
+        let denials: Vec<String> = denials.iter().map(|d| ctx.redactor.redact(d)).collect();
+        let mut result = StageResult {
+            name: unit.name.clone(),
+            uses: unit.uses.clone(),
+            status: String::new(),
+            detail: String::new(),
+            duration_ms: elapsed.as_millis() as u64,
+            outputs: vec![],
+            denials,
+            artifacts: vec![],
+        };
+        match outcome {
             Ok(o) => {
-                let summary = ctx.redactor.redact(&o.summary);
-                let outputs = o
+                result.status = "succeeded".into();
+                result.detail = ctx.redactor.redact(&o.summary);
+                result.outputs = o
                     .outputs
                     .iter()
                     .map(|(k, v)| (k.clone(), ctx.redactor.redact(v)))
                     .collect();
-                self.reporter
-                    .stage_finished(&unit.name, true, elapsed, &summary);
-                (
-                    stage_result(unit, "succeeded", summary, elapsed, outputs, denials),
-                    o.artifacts,
-                )
+                result.artifacts = o.artifacts.iter().map(from_wit).collect();
             }
             Err(f) => {
-                let detail =
+                result.status = f.kind().into();
+                result.detail =
                     ctx.redactor
                         .redact(&format!("{}: {}", f.kind(), f.message(&unit.name)));
-                self.reporter
-                    .stage_finished(&unit.name, false, elapsed, &detail);
-                (
-                    stage_result(unit, f.kind(), detail, elapsed, vec![], denials),
-                    vec![],
-                )
             }
-        };
-        event.kind = EventKind::StageFinished;
-        event.timestamp_ms = now_ms();
-        event.duration_ms = Some(elapsed.as_millis() as u64);
-        event.success = Some(result.succeeded());
-        event.properties = vec![
-            ("plugin".into(), unit.uses.clone()),
-            ("status".into(), result.status.clone()),
-        ];
-        ctx.collector.push(event);
-        (result, artifacts)
+        }
+        (result, elapsed)
     }
 
     /// Hand the run's events to every sink. A sink that fails is reported; it
@@ -299,17 +616,22 @@ impl Pipeline<'_> {
                 "telemetry: {dropped} event(s) dropped (buffer full)"
             ));
         }
+        let done = BTreeMap::new();
         for sink in &self.plan.sinks {
             let subject = Subject::new(&sink.name, &sink.field);
-            let result = match StageState::prepare(ctx, subject, &sink.grants, &sink.limits) {
-                Ok(state) => {
+            let config = resolve(&sink.config, &|r| self.lookup(r, &done, Some(&ctx.secrets)));
+            let result = match (
+                config,
+                StageState::prepare(ctx, subject, &sink.grants, &sink.limits),
+            ) {
+                (Ok(config), Ok(state)) => {
                     let denials = state.denials().clone();
                     let r = self
                         .runtime
                         .publish(
                             &plugins[&sink.field],
                             state,
-                            &sink.config,
+                            &config.to_string(),
                             &events,
                             &sink.limits,
                         )
@@ -319,7 +641,8 @@ impl Pipeline<'_> {
                     }
                     r
                 }
-                Err(e) => Err(Failure::Setup(format!("{e:#}"))),
+                (Err(e), _) => Err(Failure::Setup(format!("cannot resolve its config: {e}"))),
+                (_, Err(e)) => Err(Failure::Setup(format!("{e:#}"))),
             };
             match result {
                 Ok(()) => self.reporter.debug(&format!(
@@ -339,21 +662,76 @@ impl Pipeline<'_> {
     }
 }
 
-fn stage_result(
-    unit: &Unit,
-    status: &str,
-    detail: String,
-    elapsed: Duration,
-    outputs: Vec<(String, String)>,
-    denials: Vec<String>,
-) -> StageResult {
+/// Delay before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, ... up to 30 s,
+/// with up to 20% jitter so that retries from parallel stages spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << (attempt - 1).min(6));
+    let jitter = (now_ms() % 200) as u32;
+    base.min(Duration::from_secs(30)) * (1000 + jitter) / 1000
+}
+
+fn skipped(unit: &Unit, detail: String) -> StageResult {
     StageResult {
         name: unit.name.clone(),
-        status: status.to_string(),
+        uses: unit.uses.clone(),
+        status: "skipped".into(),
         detail,
-        duration_ms: elapsed.as_millis() as u64,
-        outputs,
-        denials,
+        duration_ms: 0,
+        outputs: vec![],
+        denials: vec![],
+        artifacts: vec![],
+    }
+}
+
+/// A copy of `config` with every `${{ }}` expression in its strings replaced.
+pub fn resolve(
+    config: &serde_json::Value,
+    lookup: &dyn Fn(&Ref) -> Option<String>,
+) -> Result<serde_json::Value, String> {
+    Ok(match config {
+        serde_json::Value::String(s) if s.contains("${{") => {
+            serde_json::Value::String(expr::render(&expr::parse_template(s)?, lookup)?)
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(
+            a.iter()
+                .map(|v| resolve(v, lookup))
+                .collect::<Result<_, _>>()?,
+        ),
+        serde_json::Value::Object(o) => serde_json::Value::Object(
+            o.iter()
+                .map(|(k, v)| Ok((k.clone(), resolve(v, lookup)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn manifest_dir(manifest: &Path) -> std::path::PathBuf {
+    match manifest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => ".".into(),
+    }
+}
+
+fn from_wit(a: &Artifact) -> ArtifactRecord {
+    ArtifactRecord {
+        name: a.name.clone(),
+        media_type: a.media_type.clone(),
+        path: a.path.clone(),
+        reference: a.reference.clone(),
+        digest: a.digest.clone(),
+        annotations: a.annotations.clone(),
+    }
+}
+
+fn to_wit(a: &ArtifactRecord) -> Artifact {
+    Artifact {
+        name: a.name.clone(),
+        media_type: a.media_type.clone(),
+        path: a.path.clone(),
+        reference: a.reference.clone(),
+        digest: a.digest.clone(),
+        annotations: a.annotations.clone(),
     }
 }
 

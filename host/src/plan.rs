@@ -1,18 +1,25 @@
-//! A checked manifest resolved into what will run: each stage's plugin source,
-//! configuration, grants and limits. Every problem found is reported at once,
-//! each with file, line, column and field; nothing runs if there is one.
+//! A checked manifest resolved, for one environment, into what will run: each
+//! stage's provider (plugin), configuration, grants, limits, retries, condition
+//! and the stages it needs, in an order that respects `needs`. Every problem is
+//! reported at once, each with file, line, column and field; nothing runs if
+//! there is one.
 
 use crate::capabilities::Grants;
+use crate::expr::{self, Expr, Ref};
 use crate::manifest::{
-    Limits as LimitsSpec, ManifestError, ManifestErrors, ManifestFile, Permissions, closest,
+    Environment, Limits as LimitsSpec, ManifestError, ManifestErrors, ManifestFile, Permissions,
+    SecretSource, Sink, closest,
 };
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::runtime::MAX_MEMORY;
 use crate::runtime::limits::Limits;
 use crate::units::{format_size, parse_duration, parse_size};
-use serde_saphyr::Spanned;
-use std::collections::BTreeSet;
+use serde_saphyr::{Location, Spanned};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
+/// The environment used when a manifest defines none, or none is the default.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
 
 /// One stage or telemetry sink, ready to run.
 #[derive(Debug, Clone)]
@@ -21,15 +28,22 @@ pub struct Unit {
     pub name: String,
     /// Its manifest field, e.g. `stages[2]`.
     pub field: String,
-    /// `uses:` as written.
+    /// The provider as written in `uses:` (after the environment's overlay).
     pub uses: String,
     pub source: PluginSource,
-    /// `with:` as JSON text (`{}` when absent).
-    pub config: String,
+    /// `with:` after the overlay; strings may still hold `${{ }}` expressions.
+    pub config: serde_json::Value,
     pub grants: Grants,
     pub limits: Limits,
     /// Names of the stages this one needs (stages only).
     pub needs: Vec<String>,
+    /// Retries after `transient` errors.
+    pub retries: u32,
+    /// Run only when this holds (the text as written, and parsed).
+    pub condition: Option<(String, Expr)>,
+    /// Where `with:` and `if:` are written, for errors found later.
+    pub(crate) with_at: Option<Location>,
+    pub(crate) condition_at: Option<Location>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,79 +52,101 @@ pub struct Plan {
     pub manifest: PathBuf,
     /// Canonical workspace directory.
     pub workspace: PathBuf,
+    /// The environment this plan is for.
+    pub environment: String,
+    pub variables: BTreeMap<String, String>,
+    /// Where each secret's value comes from in this environment.
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// The stages, ordered so that each comes after the stages it needs.
     pub stages: Vec<Unit>,
     pub sinks: Vec<Unit>,
 }
 
+/// What a stage says before the environment's overlay is applied, and after.
+struct Effective<'a> {
+    uses: Option<&'a Spanned<String>>,
+    with: Option<serde_json::Value>,
+    with_at: Option<Location>,
+    permissions: &'a Permissions,
+    limits: &'a LimitsSpec,
+    timeout: Option<&'a Spanned<String>>,
+    retries: Option<&'a Spanned<u32>>,
+    condition: Option<&'a Spanned<String>>,
+}
+
 impl Plan {
-    pub fn new(file: &ManifestFile) -> Result<Plan, ManifestErrors> {
+    /// Resolve `file` for environment `env` (`None`: the manifest's default).
+    pub fn new(file: &ManifestFile, env: Option<&str>) -> Result<Plan, ManifestErrors> {
         let m = &file.manifest;
         let mut errors = vec![];
         let workspace = resolve_workspace(file, &mut errors);
+        let (environment, overlay) = choose_environment(file, env, &mut errors)?;
 
-        let mut seen = BTreeSet::new();
-        let mut stages = vec![];
-        for (i, s) in m.stages.iter().enumerate() {
-            let field = format!("stages[{i}]");
-            let name = &s.name.value;
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid {
-                errors.push(file.error(
-                    &s.name.referenced,
-                    &format!("{field}.name"),
-                    format!("`{name}` is not a stage name"),
-                    Some("use letters, digits, `-` and `_`".into()),
-                ));
-            } else if !seen.insert(name.clone()) {
-                errors.push(file.error(
-                    &s.name.referenced,
-                    &format!("{field}.name"),
-                    format!("there is already a stage named `{name}`"),
-                    None,
-                ));
-            }
-            let mut needs = vec![];
-            for (j, need) in s.needs.iter().enumerate() {
-                if seen.contains(&need.value) && need.value != *name {
-                    needs.push(need.value.clone());
-                } else {
-                    let help = closest(&need.value, seen.iter().map(String::as_str))
-                        .map(|n| format!("did you mean `{n}`?"))
-                        .or_else(|| Some("`needs` names a stage listed above this one".into()));
+        let mut variables = m.variables.clone();
+        let mut secrets: BTreeMap<String, SecretSource> = m
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        if let Some(o) = overlay {
+            variables.extend(o.variables.clone());
+            secrets.extend(o.secrets.iter().map(|(k, v)| (k.clone(), v.value.clone())));
+            for (name, at) in &o.stages {
+                if !m.stages.iter().any(|s| s.name.value == *name) {
+                    let near = closest(name, m.stages.iter().map(|s| s.name.value.as_str()));
                     errors.push(file.error(
-                        &need.referenced,
-                        &format!("{field}.needs[{j}]"),
-                        format!("`{}` is not an earlier stage", need.value),
-                        help,
+                        &at.referenced,
+                        &format!("environments.{environment}.stages.{name}"),
+                        format!("there is no stage named `{name}`"),
+                        near.map(|n| format!("did you mean `{n}`?")),
                     ));
                 }
             }
-            let unit = plan_unit(
-                file,
-                &field,
-                &s.uses,
-                &s.with,
-                &s.permissions,
-                &s.limits,
-                &mut errors,
-            );
-            let timeout = s.timeout.as_ref().and_then(|t| {
-                parse_duration(&t.value)
-                    .map_err(|e| {
-                        errors.push(file.error(&t.referenced, &format!("{field}.timeout"), e, None))
-                    })
-                    .ok()
-            });
+        }
+        let defined: BTreeSet<String> = secrets.keys().cloned().collect();
+
+        let mut seen = BTreeSet::new();
+        let mut units = vec![];
+        for (i, s) in m.stages.iter().enumerate() {
+            let field = format!("stages[{i}]");
+            let name = &s.name.value;
+            check_stage_name(file, &field, &s.name, &mut seen, &mut errors);
+            let o = overlay.and_then(|o| o.stages.get(name)).map(|o| &o.value);
+            let eff = Effective {
+                uses: o.and_then(|o| o.uses.as_ref()).or(s.uses.as_ref()),
+                with: merge(
+                    s.with.as_ref().map(|w| w.value.clone()),
+                    o.and_then(|o| o.with.as_ref()).map(|w| w.value.clone()),
+                ),
+                with_at: o
+                    .and_then(|o| o.with.as_ref())
+                    .or(s.with.as_ref())
+                    .map(|w| w.referenced),
+                permissions: o
+                    .and_then(|o| o.permissions.as_ref())
+                    .unwrap_or(&s.permissions),
+                limits: o.and_then(|o| o.limits.as_ref()).unwrap_or(&s.limits),
+                timeout: o.and_then(|o| o.timeout.as_ref()).or(s.timeout.as_ref()),
+                retries: o.and_then(|o| o.retries.as_ref()).or(s.retries.as_ref()),
+                condition: o
+                    .and_then(|o| o.condition.as_ref())
+                    .or(s.condition.as_ref()),
+            };
+            let Some(uses) = eff.uses else {
+                errors.push(file.error(
+                    &s.name.referenced,
+                    &format!("{field}.uses"),
+                    format!("stage `{name}` has no provider in environment `{environment}`"),
+                    Some(format!(
+                        "give the stage `uses:`, or set `environments.{environment}.stages.{name}.uses`"
+                    )),
+                ));
+                continue;
+            };
+            let unit = plan_unit(file, &field, uses, &eff, &defined, &mut errors);
             if let Some(mut unit) = unit {
                 unit.name = name.clone();
-                unit.needs = needs;
-                if let Some(timeout) = timeout {
-                    unit.limits.timeout = timeout;
-                }
-                stages.push(unit);
+                units.push((unit, s));
             }
         }
         if m.stages.is_empty() {
@@ -122,35 +158,326 @@ impl Plan {
             ));
         }
 
+        let names: BTreeSet<&str> = m.stages.iter().map(|s| s.name.value.as_str()).collect();
+        for (unit, s) in &mut units {
+            for (j, need) in s.needs.iter().enumerate() {
+                if names.contains(need.value.as_str()) && need.value != s.name.value {
+                    if !unit.needs.contains(&need.value) {
+                        unit.needs.push(need.value.clone());
+                    }
+                } else {
+                    let help = closest(&need.value, names.iter().copied())
+                        .filter(|n| *n != s.name.value)
+                        .map(|n| format!("did you mean `{n}`?"));
+                    errors.push(file.error(
+                        &need.referenced,
+                        &format!("{}.needs[{j}]", unit.field),
+                        if need.value == s.name.value {
+                            "a stage cannot need itself".to_string()
+                        } else {
+                            format!("there is no stage named `{}`", need.value)
+                        },
+                        help,
+                    ));
+                }
+            }
+        }
+        let stages = order(file, units, &mut errors);
+
+        let sinks_spec: &[Sink] = overlay
+            .and_then(|o| o.telemetry.as_deref())
+            .unwrap_or(&m.telemetry);
         let mut sinks = vec![];
-        for (i, s) in m.telemetry.iter().enumerate() {
+        for (i, s) in sinks_spec.iter().enumerate() {
             let field = format!("telemetry[{i}]");
-            let unit = plan_unit(
-                file,
-                &field,
-                &s.uses,
-                &s.with,
-                &s.permissions,
-                &s.limits,
-                &mut errors,
-            );
-            if let Some(mut unit) = unit {
+            let eff = Effective {
+                uses: Some(&s.uses),
+                with: s.with.as_ref().map(|w| w.value.clone()),
+                with_at: s.with.as_ref().map(|w| w.referenced),
+                permissions: &s.permissions,
+                limits: &s.limits,
+                timeout: None,
+                retries: None,
+                condition: None,
+            };
+            if let Some(mut unit) = plan_unit(file, &field, &s.uses, &eff, &defined, &mut errors) {
                 unit.name = field;
                 sinks.push(unit);
             }
         }
 
+        let plan = Plan {
+            pipeline: m.pipeline.value.clone(),
+            manifest: file.path.clone(),
+            workspace: workspace.unwrap_or_default(),
+            environment,
+            variables,
+            secrets,
+            stages,
+            sinks,
+        };
+        plan.check_expressions(file, &mut errors);
         if !errors.is_empty() {
             errors.sort_by_key(ManifestError::offset);
             return Err(ManifestErrors(errors));
         }
-        Ok(Plan {
-            pipeline: m.pipeline.value.clone(),
-            manifest: file.path.clone(),
-            workspace: workspace.expect("no errors, so the workspace resolved"),
-            stages,
-            sinks,
-        })
+        Ok(plan)
+    }
+
+    /// Every expression must parse and read only what exists: defined
+    /// variables, secrets granted to the stage, outputs of stages it needs.
+    fn check_expressions(&self, file: &ManifestFile, errors: &mut Vec<ManifestError>) {
+        let fallback = file.manifest.pipeline.referenced;
+        for unit in self.stages.iter().chain(&self.sinks) {
+            let at = unit.with_at.unwrap_or(fallback);
+            let mut strings = vec![];
+            collect_strings(&unit.config, String::new(), &mut strings);
+            for (path, text) in strings {
+                let field = format!("{}.with{path}", unit.field);
+                let pieces = match expr::parse_template(&text) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(file.error(&at, &field, e, None));
+                        continue;
+                    }
+                };
+                let mut refs = vec![];
+                for p in &pieces {
+                    if let expr::Piece::Expr(e) = p {
+                        e.refs(&mut refs);
+                    }
+                }
+                for r in refs {
+                    if let Err((msg, help)) = self.check_ref(unit, &r, true) {
+                        errors.push(file.error(&at, &field, msg, help));
+                    }
+                }
+            }
+            if let Some((_, e)) = &unit.condition {
+                let at = unit.condition_at.unwrap_or(fallback);
+                let mut refs = vec![];
+                e.refs(&mut refs);
+                for r in refs {
+                    if let Err((msg, help)) = self.check_ref(unit, &r, false) {
+                        errors.push(file.error(&at, &format!("{}.if", unit.field), msg, help));
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_ref(
+        &self,
+        unit: &Unit,
+        r: &Ref,
+        secrets_allowed: bool,
+    ) -> Result<(), (String, Option<String>)> {
+        match r {
+            Ref::Var(n) if !self.variables.contains_key(n) => Err((
+                format!("`{r}` is not defined in environment `{}`", self.environment),
+                closest(n, self.variables.keys().map(String::as_str))
+                    .map(|c| format!("did you mean `vars.{c}`?"))
+                    .or_else(|| {
+                        Some(format!(
+                            "define it under `variables:` or `environments.{}.variables`",
+                            self.environment
+                        ))
+                    }),
+            )),
+            Ref::Secret(_) if !secrets_allowed => {
+                Err((format!("`{r}` cannot be used in a condition"), None))
+            }
+            Ref::Secret(n) if !self.secrets.contains_key(n) => Err((
+                format!(
+                    "secret `{n}` is not defined in environment `{}`",
+                    self.environment
+                ),
+                Some(format!(
+                    "define it under `secrets:`: `{n}: {{ env: SOME_VARIABLE }}`"
+                )),
+            )),
+            Ref::Secret(n) if !unit.grants.secrets.names.contains(n) => Err((
+                format!(
+                    "`{r}` is read, but stage `{}` is not granted secret `{n}`",
+                    unit.name
+                ),
+                Some(format!(
+                    "grant it with `{}.permissions.secrets: [{n}]`",
+                    unit.field
+                )),
+            )),
+            Ref::Output { stage, .. } if !unit.needs.contains(stage) => Err((
+                format!(
+                    "`{r}` reads stage `{stage}`, which `{}` does not need",
+                    unit.name
+                ),
+                Some(format!("add `{stage}` to `{}.needs`", unit.field)),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every string in a JSON value, with its path (`.steps[0].run[1]`).
+pub fn collect_strings(v: &serde_json::Value, path: String, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((path, s.clone())),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                collect_strings(x, format!("{path}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                collect_strings(x, format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The environment to use and its overlay.
+fn choose_environment<'a>(
+    file: &'a ManifestFile,
+    env: Option<&str>,
+    errors: &mut Vec<ManifestError>,
+) -> Result<(String, Option<&'a Environment>), ManifestErrors> {
+    let envs = &file.manifest.environments;
+    let defaults: Vec<&String> = envs
+        .iter()
+        .filter(|(_, e)| e.value.default)
+        .map(|(n, _)| n)
+        .collect();
+    if defaults.len() > 1 {
+        let at = &envs[defaults[1]].referenced;
+        errors.push(file.error(
+            at,
+            &format!("environments.{}.default", defaults[1]),
+            format!(
+                "`{}` and `{}` are both marked as the default",
+                defaults[0], defaults[1]
+            ),
+            None,
+        ));
+    }
+    let name = match env {
+        Some(n) => n.to_string(),
+        None => defaults
+            .first()
+            .map_or(DEFAULT_ENVIRONMENT.to_string(), |n| n.to_string()),
+    };
+    match envs.get(&name) {
+        Some(e) => Ok((name, Some(&e.value))),
+        None if envs.is_empty() || (env.is_none() && name == DEFAULT_ENVIRONMENT) => {
+            Ok((name, None))
+        }
+        None => {
+            let known: Vec<&str> = envs.keys().map(String::as_str).collect();
+            let near = closest(&name, known.iter().copied())
+                .map_or(String::new(), |n| format!("did you mean `{n}`? "));
+            Err(ManifestErrors(vec![ManifestError::plain(format!(
+                "{}: there is no environment `{name}`; {near}environments: {}",
+                file.path.display(),
+                known.join(", ")
+            ))]))
+        }
+    }
+}
+
+fn check_stage_name(
+    file: &ManifestFile,
+    field: &str,
+    name: &Spanned<String>,
+    seen: &mut BTreeSet<String>,
+    errors: &mut Vec<ManifestError>,
+) {
+    let n = &name.value;
+    let valid = !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        errors.push(file.error(
+            &name.referenced,
+            &format!("{field}.name"),
+            format!("`{n}` is not a stage name"),
+            Some("use letters, digits, `-` and `_`".into()),
+        ));
+    } else if !seen.insert(n.clone()) {
+        errors.push(file.error(
+            &name.referenced,
+            &format!("{field}.name"),
+            format!("there is already a stage named `{n}`"),
+            None,
+        ));
+    }
+}
+
+/// Order stages so that each follows the stages it needs (manifest order
+/// otherwise); a cycle is an error on the first stage in it.
+fn order(
+    file: &ManifestFile,
+    units: Vec<(Unit, &crate::manifest::Stage)>,
+    errors: &mut Vec<ManifestError>,
+) -> Vec<Unit> {
+    let mut remaining = units;
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    let mut ordered = vec![];
+    loop {
+        let ready = remaining
+            .iter()
+            .position(|(u, _)| u.needs.iter().all(|n| done.contains(n)));
+        match ready {
+            Some(i) => {
+                let (unit, _) = remaining.remove(i);
+                done.insert(unit.name.clone());
+                ordered.push(unit);
+            }
+            None if remaining.is_empty() => return ordered,
+            None => {
+                // Only stages in or behind a cycle remain; report one cycle.
+                let (unit, stage) = &remaining[0];
+                let mut path = vec![unit.name.clone()];
+                let mut current = unit;
+                while let Some(next) = current
+                    .needs
+                    .iter()
+                    .find_map(|n| remaining.iter().find(|(u, _)| &u.name == n).map(|(u, _)| u))
+                {
+                    if let Some(start) = path.iter().position(|p| *p == next.name) {
+                        path.drain(..start);
+                        path.push(next.name.clone());
+                        break;
+                    }
+                    path.push(next.name.clone());
+                    current = next;
+                }
+                errors.push(file.error(
+                    &stage.name.referenced,
+                    &format!("{}.needs", unit.field),
+                    format!("`needs` form a cycle: {}", path.join(" → ")),
+                    Some("remove one of these needs".into()),
+                ));
+                return ordered;
+            }
+        }
+    }
+}
+
+/// `base` with `overlay` merged in: objects key by key, anything else replaced.
+pub fn merge(
+    base: Option<serde_json::Value>,
+    overlay: Option<serde_json::Value>,
+) -> Option<serde_json::Value> {
+    match (base, overlay) {
+        (Some(serde_json::Value::Object(mut b)), Some(serde_json::Value::Object(o))) => {
+            for (k, v) in o {
+                let merged = merge(b.remove(&k), Some(v));
+                b.insert(k, merged.unwrap_or(serde_json::Value::Null));
+            }
+            Some(serde_json::Value::Object(b))
+        }
+        (b, None) => b,
+        (_, o) => o,
     }
 }
 
@@ -158,17 +485,53 @@ fn plan_unit(
     file: &ManifestFile,
     field: &str,
     uses: &Spanned<String>,
-    with: &Option<serde_json::Value>,
-    permissions: &Permissions,
-    limits: &LimitsSpec,
+    eff: &Effective<'_>,
+    defined_secrets: &BTreeSet<String>,
     errors: &mut Vec<ManifestError>,
 ) -> Option<Unit> {
     let source = resolve_uses(file, field, uses, errors);
-    let grants = Grants::configure(file, field, permissions, errors);
-    let limits = resolve_limits(file, field, limits, errors);
-    let config = with
-        .as_ref()
-        .map_or_else(|| "{}".to_string(), |v| v.to_string());
+    let grants = Grants::configure(file, field, eff.permissions, defined_secrets, errors);
+    let mut limits = resolve_limits(file, field, eff.limits, errors);
+    if let Some(t) = eff.timeout {
+        match parse_duration(&t.value) {
+            Ok(d) => limits.timeout = d,
+            Err(e) => errors.push(file.error(&t.referenced, &format!("{field}.timeout"), e, None)),
+        }
+    }
+    let retries = match eff.retries {
+        Some(r) if r.value > 10 => {
+            errors.push(file.error(
+                &r.referenced,
+                &format!("{field}.retries"),
+                "at most 10 retries",
+                None,
+            ));
+            0
+        }
+        Some(r) => r.value,
+        None => 0,
+    };
+    let condition = eff.condition.and_then(|c| match expr::parse(&c.value) {
+        Ok(e) => Some((c.value.clone(), e)),
+        Err(e) => {
+            errors.push(file.error(&c.referenced, &format!("{field}.if"), e, None));
+            None
+        }
+    });
+    let config = match &eff.with {
+        Some(v @ serde_json::Value::Object(_)) => v.clone(),
+        Some(serde_json::Value::Null) | None => serde_json::json!({}),
+        Some(_) => {
+            let at = eff.with_at.unwrap_or(uses.referenced);
+            errors.push(file.error(
+                &at,
+                &format!("{field}.with"),
+                "`with` must be a mapping",
+                None,
+            ));
+            serde_json::json!({})
+        }
+    };
     source.map(|source| Unit {
         name: String::new(),
         field: field.to_string(),
@@ -178,6 +541,10 @@ fn plan_unit(
         grants,
         limits,
         needs: vec![],
+        retries,
+        condition,
+        with_at: eff.with_at,
+        condition_at: eff.condition.map(|c| c.referenced),
     })
 }
 
@@ -305,5 +672,24 @@ fn resolve_workspace(file: &ManifestFile, errors: &mut Vec<ManifestError>) -> Op
             });
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overlays_merge_objects_and_replace_the_rest() {
+        let base =
+            json!({"registry": "local", "tags": ["a"], "auth": {"user": "u", "mode": "basic"}});
+        let over = json!({"registry": "acr", "tags": ["b"], "auth": {"mode": "aad"}});
+        assert_eq!(
+            merge(Some(base), Some(over)).unwrap(),
+            json!({"registry": "acr", "tags": ["b"], "auth": {"user": "u", "mode": "aad"}})
+        );
+        assert_eq!(merge(None, Some(json!({"x": 1}))).unwrap(), json!({"x": 1}));
+        assert_eq!(merge(Some(json!({"x": 1})), None).unwrap(), json!({"x": 1}));
     }
 }

@@ -36,7 +36,7 @@ stages:
         "stages[0].permissions.exec[0]: `/bin/sh` is a path; programs are granted by name",
         "stages[0].limits.memory: must be between 1 byte and 4.0 GiB",
         "stages[0].timeout: `soon` is not a duration",
-        "stages[1].needs[0]: `c` is not an earlier stage",
+        "stages[1].needs[0]: there is no stage named `c`",
         "7 error(s) in pipeline.yaml; nothing was run",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
@@ -97,12 +97,12 @@ fn plugins_list_shows_the_builtins() {
         command.contains("stage") && command.contains("Runs a list of steps"),
         "{command}"
     );
-    let jsonl = out
+    let file = out
         .stdout
         .lines()
-        .find(|l| l.starts_with("jsonl "))
-        .expect("jsonl listed");
-    assert!(jsonl.contains("telemetry-sink"), "{jsonl}");
+        .find(|l| l.starts_with("file "))
+        .expect("file listed");
+    assert!(file.contains("telemetry-sink"), "{file}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ stages:
 "#,
     );
     std::fs::create_dir(ws.path().join("out")).unwrap();
-    let out = ws.gantry(&["run", "pipeline.yaml", "--json"]);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stage_line("second").contains("echoed 12 bytes"));
     // The guest's stdout goes to the stage log, line by line; with --json the
@@ -97,12 +97,12 @@ stages:
     with: { message: "token=s3cr3t-value-42", secret: token }
     permissions: { secrets: [token] }
 telemetry:
-  - uses: jsonl
+  - uses: file
     with: { path: events.jsonl }
     permissions: { workspace: write }
 "#,
     );
-    let out = ws.gantry(&["run", "pipeline.yaml", "--json"]);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stderr.contains("secret token is ***"), "{}", out.stderr);
     assert!(out.stderr.contains("echo: token=***"), "{}", out.stderr);
@@ -150,7 +150,7 @@ stages:
     uses: "{hostile}"
     with: { attack: exec, target: sh }
 telemetry:
-  - uses: jsonl
+  - uses: file
     with: { path: .gantry/events.jsonl }
     permissions: { workspace: write }
 "#,
@@ -252,12 +252,12 @@ fn a_core_module_is_refused_as_not_a_component() {
 #[test]
 fn a_telemetry_sink_cannot_be_used_as_a_stage() {
     let ws = Workspace::new();
-    ws.manifest("pipeline: p\nstages:\n  - name: s\n    uses: jsonl\n");
+    ws.manifest("pipeline: p\nstages:\n  - name: s\n    uses: file\n");
     let out = ws.run();
     assert_eq!(out.code, Some(2));
     assert!(
         out.stderr
-            .contains("`jsonl` is a telemetry-sink plugin, but `stages[0]` needs a stage plugin"),
+            .contains("`file` is a telemetry-sink plugin, but `stages[0]` needs a stage plugin"),
         "{}",
         out.stderr
     );

@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 
 pub struct StageLog {
     subject: Subject,
+    /// The stage's log file in the run directory, when there is one.
+    file: Option<std::sync::Mutex<std::fs::File>>,
     reporter: Arc<dyn Reporter>,
     redactor: Redactor,
     cap: u64,
@@ -28,8 +30,10 @@ impl StageLog {
         reporter: Arc<dyn Reporter>,
         redactor: Redactor,
         cap: u64,
+        file: Option<std::fs::File>,
     ) -> Self {
         Self {
+            file: file.map(std::sync::Mutex::new),
             subject,
             reporter,
             redactor,
@@ -61,6 +65,12 @@ impl StageLog {
             }
         } else {
             self.reporter.log(&self.subject.name, level, &line);
+            if let Some(f) = &self.file {
+                use std::io::Write;
+                let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+                // Losing a log line must not fail the stage; the terminal has it.
+                let _ = writeln!(f, "{} {}", crate::capabilities::telemetry::now_ms(), line);
+            }
         }
         line
     }

@@ -43,6 +43,7 @@ impl Grants {
         file: &ManifestFile,
         field: &str,
         perms: &Permissions,
+        defined_secrets: &std::collections::BTreeSet<String>,
         errors: &mut Vec<ManifestError>,
     ) -> Grants {
         let field = format!("{field}.permissions");
@@ -50,7 +51,7 @@ impl Grants {
             workspace: workspace::WorkspaceGrant::configure(file, &field, perms, errors),
             env: env::EnvGrant::configure(file, &field, perms, errors),
             exec: exec::ExecGrant::configure(file, &field, perms, errors),
-            secrets: secrets::SecretsGrant::configure(file, &field, perms, errors),
+            secrets: secrets::SecretsGrant::configure(file, &field, perms, defined_secrets, errors),
             http: http::HttpGrant::configure(file, &field, perms, errors),
             engine: engine::EngineGrant::configure(perms),
             cluster: cluster::ClusterGrant::configure(file, &field, perms, errors),

@@ -9,7 +9,8 @@ use crate::redact::Redactor;
 use crate::runtime::bindings::secrets as wit;
 use crate::runtime::bindings::types::HostError;
 use crate::runtime::state::StageState;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
@@ -18,18 +19,19 @@ pub struct SecretsGrant {
 }
 
 impl SecretsGrant {
+    /// `defined`: the secrets the manifest defines in the chosen environment.
     pub fn configure(
         file: &ManifestFile,
         field: &str,
         perms: &Permissions,
+        defined: &BTreeSet<String>,
         errors: &mut Vec<ManifestError>,
     ) -> Self {
-        let defined = &file.manifest.secrets;
         let check = |name: &str| {
-            if defined.contains_key(name) {
+            if defined.contains(name) {
                 return Ok(());
             }
-            let help = match closest(name, defined.keys().map(String::as_str)) {
+            let help = match closest(name, defined.iter().map(String::as_str)) {
                 Some(near) => format!("did you mean `{near}`?"),
                 None => format!(
                     "define it at the top level: `secrets: {{ {name}: {{ env: SOME_VARIABLE }} }}`"
@@ -59,19 +61,17 @@ pub struct SecretStore {
 }
 
 impl SecretStore {
-    /// Read every secret defined in the manifest. A missing source is not an
-    /// error until a stage asks for that secret.
-    pub fn resolve(file: &ManifestFile) -> Self {
-        let dir = file.dir();
-        let values = file
-            .manifest
-            .secrets
+    /// Read every secret of the plan's environment; paths are relative to
+    /// `base` (the manifest's directory). A missing source is not an error
+    /// until a stage asks for that secret.
+    pub fn resolve(sources: &BTreeMap<String, SecretSource>, base: &Path) -> Self {
+        let values = sources
             .iter()
             .map(|(name, source)| {
-                let value = match &source.value {
+                let value = match source {
                     SecretSource::Env(var) => std::env::var(var)
                         .map_err(|_| format!("environment variable `{var}` is not set")),
-                    SecretSource::File(path) => std::fs::read_to_string(dir.join(path))
+                    SecretSource::File(path) => std::fs::read_to_string(base.join(path))
                         .map(|v| v.strip_suffix('\n').unwrap_or(&v).to_string())
                         .map_err(|e| format!("cannot read `{path}`: {e}")),
                 };
@@ -79,6 +79,12 @@ impl SecretStore {
             })
             .collect();
         Self { values }
+    }
+
+    /// The value of a secret, whether granted or not (for expressions, which
+    /// the plan has checked against the grants).
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name)?.as_ref().ok().map(String::as_str)
     }
 
     /// A redactor that masks every value this store holds.

@@ -324,6 +324,8 @@ pub struct InstanceContext {
     pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     pub collector: Collector,
     pub base: EventBase,
+    /// The run directory; stage logs go to `logs/<stage>.log` in it.
+    pub run_dir: Option<PathBuf>,
 }
 
 /// A trap this many frames deep is reported as probable runaway recursion.
@@ -433,11 +435,19 @@ impl StageState {
         use crate::capabilities::{cluster, engine, exec, http, log, secrets, telemetry};
         use crate::report::Level;
         let denials = subject.denials.clone();
+        let log_file = ctx.run_dir.as_ref().and_then(|dir| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("logs").join(format!("{}.log", subject.name)))
+                .ok()
+        });
         let log = Arc::new(log::StageLog::new(
             subject.clone(),
             ctx.reporter.clone(),
             ctx.redactor.clone(),
             limits.log,
+            log_file,
         ));
         let env = grants.env.prepare();
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();

@@ -1,4 +1,4 @@
-//! Built-in telemetry sink `jsonl`: appends every event of a run, one JSON object
+//! Built-in telemetry sink `file`: appends every event of a run, one JSON object
 //! per line, to a file in the workspace. The default provider for telemetry on a
 //! laptop; Application Insights replaces it per environment.
 use gantry_sdk::{CapabilityKind, Event, EventKind, SinkGuest, StageError, StageInfo};
@@ -50,12 +50,12 @@ fn to_json(e: &Event) -> serde_json::Value {
     })
 }
 
-struct Jsonl;
+struct FileSink;
 
-impl SinkGuest for Jsonl {
+impl SinkGuest for FileSink {
     fn describe() -> StageInfo {
         StageInfo {
-            name: "jsonl".into(),
+            name: "file".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Appends the run's telemetry events to a JSON-lines file in the workspace.".into(),
             config_schema: r#"{"type":"object","required":["path"],"additionalProperties":false,"properties":{"path":{"type":"string","description":"Workspace-relative file to append to"}}}"#.into(),
@@ -69,10 +69,10 @@ impl SinkGuest for Jsonl {
 
     fn configure(config: String) -> Result<(), StageError> {
         let cfg: Config = serde_json::from_str(&config)
-            .map_err(|e| StageError::InvalidConfig(format!("jsonl: {e}")))?;
+            .map_err(|e| StageError::InvalidConfig(format!("file: {e}")))?;
         if cfg.path.starts_with('/') || cfg.path.split('/').any(|p| p == "..") {
             return Err(StageError::InvalidConfig(format!(
-                "jsonl: path `{}` must stay inside the workspace",
+                "file: path `{}` must stay inside the workspace",
                 cfg.path
             )));
         }
@@ -83,7 +83,7 @@ impl SinkGuest for Jsonl {
     fn publish(events: Vec<Event>) -> Result<(), StageError> {
         let path = CONFIG
             .with(|c| c.borrow().as_ref().map(|c| c.path.clone()))
-            .ok_or_else(|| StageError::InvalidConfig("jsonl: publish before configure".into()))?;
+            .ok_or_else(|| StageError::InvalidConfig("file: publish before configure".into()))?;
         if let Some(parent) = std::path::Path::new(&path)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -109,4 +109,4 @@ impl SinkGuest for Jsonl {
     }
 }
 
-gantry_sdk::export_sink!(Jsonl);
+gantry_sdk::export_sink!(FileSink);

@@ -1,0 +1,70 @@
+//! Checking a stage's `with:` against the JSON Schema its plugin describes.
+
+/// One violation: where in the config (`.steps[0].run`) and what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every violation of `schema` by `config`. Strings holding `${{ }}`
+/// expressions are checked as written: their values are known only at run time.
+pub fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> Vec<ConfigError> {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![ConfigError {
+                path: String::new(),
+                message: format!("the plugin's schema is invalid: {e}"),
+            }];
+        }
+    };
+    validator
+        .iter_errors(config)
+        .map(|e| ConfigError {
+            path: pointer_to_path(&e.instance_path.to_string()),
+            message: e.to_string(),
+        })
+        .collect()
+}
+
+/// `/steps/0/run` → `.steps[0].run`.
+fn pointer_to_path(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                format!("[{p}]")
+            } else {
+                format!(".{p}")
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn violations_name_the_path() {
+        let schema = json!({"type": "object", "required": ["steps"], "properties": {"steps": {"type": "array", "items": {"type": "object", "properties": {"run": {"type": "array"}}}}}, "additionalProperties": false});
+        let errs = check_config(
+            &schema,
+            &json!({"steps": [{"run": "cargo test"}], "extra": 1}),
+        );
+        let text: Vec<String> = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with(".steps[0].run: ") && t.contains("array")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|t| t.contains("extra")), "{text:?}");
+        assert!(check_config(&schema, &json!({"steps": []})).is_empty());
+    }
+}

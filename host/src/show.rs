@@ -1,0 +1,216 @@
+//! Text and JSON views for people: the plan, the run summary table, the run
+//! history and logs.
+
+use crate::capabilities::secrets::SecretStore;
+use crate::expr::Ref;
+use crate::journal::Record;
+use crate::pipeline::{RunResult, resolve};
+use crate::plan::Plan;
+use crate::redact::MASK;
+use crate::runtime::Plugin;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The plan as shown by `gantry plan`: config with variables and the run's
+/// known fields filled in, secrets masked, upstream outputs left as expressions.
+pub fn plan(
+    plan: &Plan,
+    plugins: &HashMap<String, Arc<Plugin>>,
+    _secrets: &SecretStore,
+) -> serde_json::Value {
+    let lookup = |r: &Ref| -> Option<String> {
+        match r {
+            Ref::Var(n) => plan.variables.get(n).cloned(),
+            Ref::Secret(_) => Some(MASK.to_string()),
+            Ref::Run(f) if f == "environment" => Some(plan.environment.clone()),
+            Ref::Run(f) if f == "pipeline" => Some(plan.pipeline.clone()),
+            other => Some(format!("${{{{ {other} }}}}")),
+        }
+    };
+    let unit = |u: &crate::plan::Unit| {
+        let p = &plugins[&u.field];
+        serde_json::json!({
+            "name": u.name,
+            "provider": u.uses,
+            "plugin": p.label,
+            "digest": p.digest,
+            "needs": u.needs,
+            "if": u.condition.as_ref().map(|c| c.0.clone()),
+            "retries": u.retries,
+            "timeout_s": u.limits.timeout.as_secs(),
+            "grants": u.grants.describe(),
+            "config": resolve(&u.config, &lookup).unwrap_or_else(|_| u.config.clone()),
+        })
+    };
+    serde_json::json!({
+        "pipeline": plan.pipeline,
+        "environment": plan.environment,
+        "workspace": plan.workspace,
+        "stages": plan.stages.iter().map(unit).collect::<Vec<_>>(),
+        "telemetry": plan.sinks.iter().map(unit).collect::<Vec<_>>(),
+    })
+}
+
+pub fn plan_text(shown: &serde_json::Value) -> String {
+    let mut out = format!(
+        "pipeline `{}`, environment `{}`\n",
+        shown["pipeline"].as_str().unwrap_or(""),
+        shown["environment"].as_str().unwrap_or("")
+    );
+    let mut section = |title: &str, units: &serde_json::Value| {
+        let Some(units) = units.as_array() else {
+            return;
+        };
+        if units.is_empty() {
+            return;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for (i, u) in units.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>3}. {} ← {} ({})\n",
+                i + 1,
+                u["name"].as_str().unwrap_or(""),
+                u["provider"].as_str().unwrap_or(""),
+                u["digest"].as_str().unwrap_or("")
+            ));
+            let needs: Vec<&str> = u["needs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            if !needs.is_empty() {
+                out.push_str(&format!("       needs: {}\n", needs.join(", ")));
+            }
+            if let Some(c) = u["if"].as_str() {
+                out.push_str(&format!("       if: {c}\n"));
+            }
+            for g in u["grants"].as_array().into_iter().flatten() {
+                out.push_str(&format!("       grant {}\n", g.as_str().unwrap_or("")));
+            }
+            out.push_str(&format!("       config: {}\n", u["config"]));
+        }
+    };
+    section("stages", &shown["stages"]);
+    section("telemetry", &shown["telemetry"]);
+    out
+}
+
+/// The end-of-run table: stage, provider, status, duration, key outputs.
+pub fn summary_table(result: &RunResult) -> String {
+    let rows: Vec<[String; 5]> = result
+        .stages
+        .iter()
+        .map(|s| {
+            let outputs: Vec<String> = s
+                .outputs
+                .iter()
+                .take(3)
+                .map(|(k, v)| format!("{k}={}", shorten(v, 40)))
+                .collect();
+            [
+                s.name.clone(),
+                s.uses.clone(),
+                s.status.clone(),
+                format!("{:.1}s", s.duration_ms as f64 / 1000.0),
+                outputs.join(" "),
+            ]
+        })
+        .collect();
+    let header = ["STAGE", "PROVIDER", "STATUS", "TIME", "OUTPUTS"].map(String::from);
+    let widths: Vec<usize> = (0..5)
+        .map(|i| {
+            rows.iter()
+                .chain(std::iter::once(&header))
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn shorten(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// One line of `gantry runs`.
+pub fn run_line(id: &str, records: &[Record]) -> String {
+    let (pipeline, env, start) = match records.first() {
+        Some(Record::RunStarted {
+            pipeline,
+            environment,
+            ts_ms,
+            ..
+        }) => (pipeline.as_str(), environment.as_str(), *ts_ms),
+        _ => ("?", "?", 0),
+    };
+    let end = records.iter().rev().find_map(|r| match r {
+        Record::RunFinished { success, ts_ms } => {
+            Some((if *success { "succeeded" } else { "failed" }, *ts_ms))
+        }
+        Record::RunCancelled { ts_ms, .. } => Some(("cancelled", *ts_ms)),
+        _ => None,
+    });
+    let (status, duration) = match end {
+        Some((s, t)) => (
+            s,
+            format!("{:.1}s", t.saturating_sub(start) as f64 / 1000.0),
+        ),
+        None => ("incomplete", "-".into()),
+    };
+    let finished = records
+        .iter()
+        .filter(|r| matches!(r, Record::StageFinished { .. }))
+        .count();
+    format!("{id}  {pipeline}  env={env}  {status}  {duration}  {finished} stage(s) recorded")
+}
+
+/// The logs of one stage, or of all stages in the order they finished.
+pub fn logs(dir: &Path, stage: Option<&str>) -> anyhow::Result<String> {
+    let logs = dir.join("logs");
+    let names: Vec<String> = match stage {
+        Some(s) => vec![s.to_string()],
+        None => {
+            let mut v: Vec<String> = std::fs::read_dir(&logs)?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_suffix(".log")
+                        .map(str::to_string)
+                })
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    let mut out = String::new();
+    for name in names {
+        let path = logs.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("no log for stage `{name}` ({}): {e}", path.display()))?;
+        if stage.is_none() {
+            out.push_str(&format!("== {name}\n"));
+        }
+        for line in text.lines() {
+            // Each line is `<unix ms> <text>`; show the text.
+            out.push_str(line.split_once(' ').map_or(line, |(_, t)| t));
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
