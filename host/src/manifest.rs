@@ -69,7 +69,9 @@ pub struct Environment {
 }
 
 /// What an environment changes in one stage. `with` is merged into the stage's
-/// (objects key by key, anything else replaced); the other fields replace.
+/// as a JSON merge patch (objects key by key, `null` removes a key, anything else
+/// replaced), unless `uses` swaps the provider: then it replaces the stage's
+/// `with`. The other fields replace.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageOverlay {

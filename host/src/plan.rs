@@ -114,10 +114,15 @@ impl Plan {
             let o = overlay.and_then(|o| o.stages.get(name)).map(|o| &o.value);
             let eff = Effective {
                 uses: o.and_then(|o| o.uses.as_ref()).or(s.uses.as_ref()),
-                with: merge(
-                    s.with.as_ref().map(|w| w.value.clone()),
-                    o.and_then(|o| o.with.as_ref()).map(|w| w.value.clone()),
-                ),
+                // A swapped provider is another plugin: its config replaces the
+                // stage's instead of being merged into it.
+                with: match o {
+                    Some(o) if o.uses.is_some() => o.with.as_ref().map(|w| w.value.clone()),
+                    _ => merge(
+                        s.with.as_ref().map(|w| w.value.clone()),
+                        o.and_then(|o| o.with.as_ref()).map(|w| w.value.clone()),
+                    ),
+                },
                 with_at: o
                     .and_then(|o| o.with.as_ref())
                     .or(s.with.as_ref())
@@ -463,7 +468,8 @@ fn order(
     }
 }
 
-/// `base` with `overlay` merged in: objects key by key, anything else replaced.
+/// `base` with `overlay` merged in as a JSON merge patch (RFC 7396): objects
+/// key by key, `null` removes a key, anything else replaces.
 pub fn merge(
     base: Option<serde_json::Value>,
     overlay: Option<serde_json::Value>,
@@ -471,8 +477,11 @@ pub fn merge(
     match (base, overlay) {
         (Some(serde_json::Value::Object(mut b)), Some(serde_json::Value::Object(o))) => {
             for (k, v) in o {
-                let merged = merge(b.remove(&k), Some(v));
-                b.insert(k, merged.unwrap_or(serde_json::Value::Null));
+                if v.is_null() {
+                    b.remove(&k);
+                } else if let Some(merged) = merge(b.remove(&k), Some(v)) {
+                    b.insert(k, merged);
+                }
             }
             Some(serde_json::Value::Object(b))
         }
@@ -690,6 +699,10 @@ mod tests {
             json!({"registry": "acr", "tags": ["b"], "auth": {"user": "u", "mode": "aad"}})
         );
         assert_eq!(merge(None, Some(json!({"x": 1}))).unwrap(), json!({"x": 1}));
+        assert_eq!(
+            merge(Some(json!({"x": 1, "y": 2})), Some(json!({"y": null}))).unwrap(),
+            json!({"x": 1})
+        );
         assert_eq!(merge(Some(json!({"x": 1})), None).unwrap(), json!({"x": 1}));
     }
 }

@@ -16,6 +16,12 @@ struct Config {
     /// Print this many lines to stdout.
     #[serde(default)]
     stdout_lines: u32,
+    /// Append the stage name to this workspace file (a side-effect counter).
+    #[serde(default)]
+    append: Option<String>,
+    /// Sleep this long after appending, before returning.
+    #[serde(default)]
+    sleep_ms: u64,
 }
 
 struct Echo;
@@ -26,7 +32,7 @@ impl Guest for Echo {
             name: "echo".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Logs a message, optionally writes it to a file.".into(),
-            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"}},"additionalProperties":false}"#.into(),
+            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"},"append":{"type":"string"},"sleep_ms":{"type":"integer"}},"additionalProperties":false}"#.into(),
             capabilities: vec![],
         }
     }
@@ -34,6 +40,18 @@ impl Guest for Echo {
     fn run(ctx: StageContext) -> Result<Outcome, StageError> {
         let cfg: Config = gantry_sdk::config(&ctx)?;
         gantry_sdk::info(format!("echo: {}", cfg.message));
+        if let Some(path) = &cfg.append {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| StageError::Failed(format!("cannot open {path}: {e}")))?;
+            writeln!(f, "{}", ctx.stage).map_err(|e| StageError::Failed(e.to_string()))?;
+        }
+        if cfg.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(cfg.sleep_ms));
+        }
         for i in 0..cfg.stdout_lines {
             println!("stdout line {i}");
         }

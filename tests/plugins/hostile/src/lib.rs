@@ -102,6 +102,18 @@ fn http_get(url: &str) -> Result<Outcome, StageError> {
     ))
 }
 
+/// Increment the counter in file `path`; returns the new count.
+fn bump(path: &str) -> Result<u32, StageError> {
+    let n = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(path, n.to_string())
+        .map_err(|e| StageError::Failed(format!("cannot write {path}: {e}")))?;
+    Ok(n)
+}
+
 impl Guest for Hostile {
     fn describe() -> StageInfo {
         StageInfo {
@@ -169,6 +181,22 @@ impl Guest for Hostile {
             "stdout-flood" => loop {
                 println!("flood flood flood flood flood flood flood flood flood flood");
             },
+            // Count attempts in the file `target`; fail transiently while the
+            // count is at most args[0], then succeed.
+            "flaky" => {
+                let n = bump(t)?;
+                let fail_times: u32 = cfg.args.first().and_then(|a| a.parse().ok()).unwrap_or(2);
+                if n <= fail_times {
+                    Err(StageError::Transient(format!("flaky attempt {n}")))
+                } else {
+                    ok(format!("succeeded on attempt {n}"))
+                }
+            }
+            // Count attempts in `target`, then fail for good.
+            "fail" => Err(StageError::Failed(format!(
+                "broken on attempt {}",
+                bump(t)?
+            ))),
             "sleep" => {
                 std::thread::sleep(std::time::Duration::from_secs(t.parse().unwrap_or(3600)));
                 ok("woke up".into())
