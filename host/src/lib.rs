@@ -15,6 +15,8 @@
 pub mod capabilities;
 pub mod cli;
 pub mod expr;
+#[cfg(test)]
+mod fuzz;
 pub mod journal;
 pub mod manifest;
 pub mod pipeline;

@@ -156,12 +156,13 @@ impl Workspace {
         self.write("pipeline.yaml", text)
     }
 
-    /// Run gantry with `args` in the workspace directory.
-    pub fn gantry(&self, args: &[&str]) -> Output {
+    /// The command for gantry with `args`, in the workspace directory.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(gantry());
         cmd.args(args)
             .current_dir(self.path())
             .env_remove("GANTRY_CACHE_DIR")
+            .env_remove("TF_BUILD")
             .env("NO_COLOR", "1");
         match &self.cache {
             Some(dir) => cmd.env("GANTRY_CACHE_DIR", dir),
@@ -170,11 +171,43 @@ impl Workspace {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run gantry");
+        cmd
+    }
+
+    /// Run gantry with `args` in the workspace directory and wait for it.
+    pub fn gantry(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run gantry");
         Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The journal of the only run in this workspace, once it exists.
+    pub fn only_journal(&self) -> Option<PathBuf> {
+        let runs = std::fs::read_dir(self.path().join(".gantry/runs")).ok()?;
+        let dirs: Vec<PathBuf> = runs.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        match dirs.as_slice() {
+            [one] => Some(one.join("journal.jsonl")),
+            _ => None,
+        }
+    }
+
+    /// Wait (up to a minute) until the run's journal contains `needle`.
+    pub fn wait_for_journal(&self, needle: &str) -> PathBuf {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(j) = self.only_journal()
+                && std::fs::read_to_string(&j).is_ok_and(|t| t.contains(needle))
+            {
+                return j;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the journal never showed `{needle}`"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 
