@@ -122,6 +122,13 @@ enum Command {
     /// List or inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Print the JSON Schema of the manifest format (for editors).
+    #[command(
+        after_help = "Example:\n  gantry schema > schema/gantry-manifest.schema.json\n\n\
+        In VS Code with the YAML extension, add to the top of a manifest:\n  \
+        # yaml-language-server: $schema=../../schema/gantry-manifest.schema.json"
+    )]
+    Schema,
 }
 
 #[derive(Args)]
@@ -210,11 +217,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(PluginsCommand::Inspect { json, .. }) => *json,
         _ => false,
     };
-    let console: Arc<dyn Reporter> = Arc::new(if json {
-        Console::on_stderr(cli.global.verbose)
+    let console: Arc<dyn Reporter> = if json {
+        Arc::new(Console::on_stderr(cli.global.verbose))
+    } else if crate::report::Live::wanted() {
+        Arc::new(crate::report::Live::new(cli.global.verbose))
     } else {
-        Console::new(cli.global.verbose)
-    });
+        Arc::new(Console::new(cli.global.verbose))
+    };
     match cli.command {
         Command::Run {
             manifest,
@@ -386,6 +395,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             })?;
             print!("{}", crate::show::logs(&dir, stage.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::manifest::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::List) => {

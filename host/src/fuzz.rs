@@ -34,7 +34,10 @@ environments:
 
 fn load(text: &str) {
     // The manifest's directory does not exist: workspace errors are fine too.
-    if let Ok(file) = ManifestFile::parse(Path::new("fuzz-nonexistent/pipeline.yaml"), text.to_string()) {
+    if let Ok(file) = ManifestFile::parse(
+        Path::new("fuzz-nonexistent/pipeline.yaml"),
+        text.to_string(),
+    ) {
         for env in [None, Some("prod"), Some("nope")] {
             let _ = Plan::new(&file, env).map_err(|e| e.to_string());
         }
@@ -73,8 +76,16 @@ proptest! {
 
 #[test]
 fn the_seed_manifest_is_valid_apart_from_its_workspace() {
-    let file = ManifestFile::parse(Path::new("fuzz-nonexistent/pipeline.yaml"), VALID.to_string()).unwrap();
+    let file = ManifestFile::parse(
+        Path::new("fuzz-nonexistent/pipeline.yaml"),
+        VALID.to_string(),
+    )
+    .unwrap();
     let err = Plan::new(&file, None).unwrap_err().to_string();
     assert!(err.contains("workspace fuzz-nonexistent"), "{err}");
-    assert_eq!(err.matches('×').count(), 1, "only the workspace is wrong: {err}");
+    assert_eq!(
+        err.matches('×').count(),
+        1,
+        "only the workspace is wrong: {err}"
+    );
 }

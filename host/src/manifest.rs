@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A manifest as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The pipeline's name, e.g. `hello`.
+    #[schemars(with = "String")]
     pub pipeline: Spanned<String>,
     /// What the pipeline does, for people.
     #[serde(default)]
@@ -23,13 +24,16 @@ pub struct Manifest {
     /// The workspace directory, relative to the manifest; the manifest's directory
     /// when absent.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub workspace: Option<Spanned<String>>,
     /// Aliases for plugins: `name: { path: ./my-stage.wasm }` or `name: { builtin: command }`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, PluginRef>")]
     pub plugins: BTreeMap<String, Spanned<PluginRef>>,
     /// Where secret values come from: `name: { env: VAR }` or `name: { file: path }`.
     /// Values are never written in the manifest.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, SecretSource>")]
     pub secrets: BTreeMap<String, Spanned<SecretSource>>,
     /// Variables for expressions (`${{ vars.NAME }}`); environments may override them.
     #[serde(default)]
@@ -42,11 +46,12 @@ pub struct Manifest {
     /// Named overlays: per environment, change stages' config or provider,
     /// variables, secret sources and telemetry sinks.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Environment>")]
     pub environments: BTreeMap<String, Spanned<Environment>>,
 }
 
 /// An environment: an overlay on the pipeline.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Chosen when `--env` is not given. At most one environment may say so.
@@ -59,9 +64,11 @@ pub struct Environment {
     pub variables: BTreeMap<String, String>,
     /// Added to, or replacing, the top-level secret sources.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, SecretSource>")]
     pub secrets: BTreeMap<String, Spanned<SecretSource>>,
     /// Per-stage overlays, by stage name.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, StageOverlay>")]
     pub stages: BTreeMap<String, Spanned<StageOverlay>>,
     /// Replaces the top-level telemetry sinks.
     #[serde(default)]
@@ -72,28 +79,33 @@ pub struct Environment {
 /// as a JSON merge patch (objects key by key, `null` removes a key, anything else
 /// replaced), unless `uses` swaps the provider: then it replaces the stage's
 /// `with`. The other fields replace.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageOverlay {
     /// Swap the provider: another plugin behind the same stage.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub uses: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub with: Option<Spanned<serde_json::Value>>,
     #[serde(default)]
     pub permissions: Option<Permissions>,
     #[serde(default)]
     pub limits: Option<Limits>,
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<u32>")]
     pub retries: Option<Spanned<u32>>,
     #[serde(default, rename = "if")]
+    #[schemars(with = "Option<String>")]
     pub condition: Option<Spanned<String>>,
 }
 
 /// Where a plugin alias points.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     /// A local `.wasm` component, relative to the manifest.
@@ -105,7 +117,7 @@ pub struct PluginRef {
 }
 
 /// Where a secret's value comes from.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum SecretSource {
     /// A host environment variable.
@@ -115,22 +127,26 @@ pub enum SecretSource {
 }
 
 /// One stage as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Unique within the pipeline.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// A built-in plugin name, an alias from `plugins:`, or a path to a `.wasm`
     /// file. May be left to the environments, each choosing its provider.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub uses: Option<Spanned<String>>,
     /// The plugin's configuration, handed to it as JSON. Strings may hold
     /// `${{ ... }}` expressions.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub with: Option<Spanned<serde_json::Value>>,
     /// Earlier stages that must succeed before this one runs; their outputs and
     /// artifacts are this stage's inputs.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub needs: Vec<Spanned<String>>,
     /// What the stage may do beyond computing.
     #[serde(default)]
@@ -140,22 +156,27 @@ pub struct Stage {
     pub limits: Limits,
     /// Wall-clock limit for the whole stage, e.g. `10m`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub timeout: Option<Spanned<String>>,
     /// How often to retry after a `transient` error, with exponential backoff.
     #[serde(default)]
+    #[schemars(with = "Option<u32>")]
     pub retries: Option<Spanned<u32>>,
     /// Run the stage only when this expression is true, e.g.
     /// `${{ run.environment == 'production' }}`; otherwise it is skipped.
     #[serde(default, rename = "if")]
+    #[schemars(with = "Option<String>")]
     pub condition: Option<Spanned<String>>,
 }
 
 /// A telemetry sink as written: like a stage without a name or timeout.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sink {
+    #[schemars(with = "String")]
     pub uses: Spanned<String>,
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub with: Option<Spanned<serde_json::Value>>,
     #[serde(default)]
     pub permissions: Permissions,
@@ -164,51 +185,61 @@ pub struct Sink {
 }
 
 /// Capability grants. Everything absent is denied.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Permissions {
     /// `read` (default) or `write`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub workspace: Option<Spanned<String>>,
     /// Host environment variables the stage may see, by name.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub env: Vec<Spanned<String>>,
     /// Programs the stage may run through `exec`, by name.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub exec: Vec<Spanned<String>>,
     /// Secrets the stage may read, by name (defined under top-level `secrets:`).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub secrets: Vec<Spanned<String>>,
     /// Origins the stage may send HTTP requests to: `scheme://host[:port]`, where
     /// host may start with `*.`.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub http: Vec<Spanned<String>>,
     /// The container engine.
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     pub engine: Option<Spanned<bool>>,
     /// A Kubernetes cluster, limited to these namespaces.
     #[serde(default)]
     pub cluster: Option<ClusterPermission>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterPermission {
+    #[schemars(with = "Vec<String>")]
     pub namespaces: Vec<Spanned<String>>,
 }
 
 /// Resource caps as written.
-#[derive(Debug, Deserialize, Default, Clone)]
+#[derive(Debug, Deserialize, Default, Clone, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Linear memory, e.g. `256MiB`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub memory: Option<Spanned<String>>,
     /// CPU time spent in WebAssembly, e.g. `30s`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub cpu: Option<Spanned<String>>,
     /// Log output (log lines, stdout, stderr, exec output), e.g. `8MiB`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub log: Option<Spanned<String>>,
 }
 
@@ -459,5 +490,46 @@ mod tests {
     fn closest_suggests_near_names_only() {
         assert_eq!(closest("comand", ["command", "noop"]), Some("command"));
         assert_eq!(closest("zzz", ["command", "noop"]), None);
+    }
+}
+
+/// The JSON Schema of the manifest format, generated from the types above.
+/// Shipped as `schema/gantry-manifest.schema.json` for editors.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(Manifest)).expect("schema is JSON");
+    schema["title"] = "gantry pipeline manifest".into();
+    schema
+}
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_shipped_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../schema/gantry-manifest.schema.json");
+        let shipped: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(
+            shipped == super::json_schema(),
+            "{} is stale: regenerate it with `cargo run -- schema > schema/gantry-manifest.schema.json`",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn the_schema_accepts_the_example_and_rejects_typos() {
+        let schema = super::json_schema();
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello/pipeline.yaml");
+        let file = super::ManifestFile::load(&example).unwrap();
+        let as_json: serde_json::Value = serde_saphyr::from_str(&file.source).unwrap();
+        assert!(crate::schema::check_config(&schema, &as_json).is_empty());
+        let mut typo = as_json.clone();
+        typo["stages"][0]["permisions"] = serde_json::json!({});
+        let errors = crate::schema::check_config(&schema, &typo);
+        assert!(
+            errors.iter().any(|e| e.message.contains("permisions")),
+            "{errors:?}"
+        );
     }
 }

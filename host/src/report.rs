@@ -139,3 +139,102 @@ pub fn render_diagnostic(diag: &dyn miette::Diagnostic) -> String {
     }
     out
 }
+
+/// Live progress on a terminal: one spinner per running stage showing its
+/// latest line or progress, with finished stages and notes printed above.
+pub struct Live {
+    verbose: bool,
+    multi: indicatif::MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Live {
+    /// Live output when stdout is a terminal and not in CI; plain lines otherwise.
+    pub fn wanted() -> bool {
+        std::io::stdout().is_terminal()
+            && std::env::var_os("CI").is_none()
+            && std::env::var_os("TF_BUILD").is_none()
+    }
+
+    pub fn new(verbose: bool) -> Self {
+        Self {
+            verbose,
+            multi: indicatif::MultiProgress::new(),
+            bars: Mutex::default(),
+        }
+    }
+
+    fn bar(&self, stage: &str) -> Option<indicatif::ProgressBar> {
+        self.bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stage)
+            .cloned()
+    }
+
+    fn println(&self, text: &str) {
+        let _ = self.multi.println(text);
+    }
+}
+
+impl Reporter for Live {
+    fn stage_started(&self, stage: &str, plugin: &str) {
+        let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(stage.to_string());
+        bar.set_message(format!("({plugin})"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stage.to_string(), bar);
+    }
+
+    fn log(&self, stage: &str, level: Level, line: &str) {
+        if level < Level::Info && !self.verbose {
+            return;
+        }
+        self.println(&format!("  {stage} │ {}{line}", level.tag()));
+        if let Some(bar) = self.bar(stage) {
+            bar.set_message(line.to_string());
+        }
+    }
+
+    fn progress(&self, stage: &str, done: u64, total: Option<u64>, message: &str) {
+        if let Some(bar) = self.bar(stage) {
+            let count = total.map_or(format!("[{done}]"), |t| format!("[{done}/{t}]"));
+            bar.set_message(format!("{count} {message}"));
+        }
+    }
+
+    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str) {
+        if let Some(bar) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(stage)
+        {
+            bar.finish_and_clear();
+        }
+        let mark = if ok { "✔" } else { "✘" };
+        self.println(&format!(
+            "{mark} {stage} ({:.2}s): {detail}",
+            elapsed.as_secs_f64()
+        ));
+    }
+
+    fn note(&self, text: &str) {
+        self.println(text);
+    }
+
+    fn debug(&self, text: &str) {
+        if self.verbose {
+            self.println(&format!("debug: {text}"));
+        }
+    }
+}

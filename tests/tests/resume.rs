@@ -92,7 +92,12 @@ fn a_killed_run_resumes_without_rerunning_finished_stages() {
     for (i, victim) in ["first", "second", "third"].into_iter().enumerate() {
         let ws = Workspace::new();
         ws.manifest(CHAIN);
-        let mut child = ws.command(&["run", "pipeline.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = ws
+            .command(&["run", "pipeline.yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let journal = ws.wait_for_journal(&format!(
             "\"event\":\"stage-started\",\"stage\":\"{victim}\""
         ));
@@ -126,7 +131,12 @@ fn a_killed_run_resumes_without_rerunning_finished_stages() {
 fn ctrl_c_stops_the_run_and_records_it() {
     let ws = Workspace::new();
     ws.manifest(CHAIN);
-    let child = ws.command(&["run", "pipeline.yaml"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let journal = ws.wait_for_journal("\"event\":\"stage-started\",\"stage\":\"second\"");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -163,7 +173,12 @@ fn resume_refuses_a_changed_manifest_and_a_finished_run() {
         again.stderr
     );
 
-    let mut child = ws.command(&["run", "pipeline.yaml"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     child.wait().unwrap();
     // Simulate a crash by dropping the end of a journal, then edit the manifest.
     let journal = std::fs::read_dir(ws.path().join(".gantry/runs"))
