@@ -234,8 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if let Err(errors) = check_configs(&runtime, &plan).await {
-                print_errors(&errors);
+            if !check_configs(&runtime, &file, &plan).await {
                 return Ok(ExitCode::from(2));
             }
             let run_id = crate::pipeline::new_run_id();
@@ -320,12 +319,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             finish_run(pipeline.run(journal, resume).await, &console, output.output)
         }
         Command::Validate { manifest, env } => {
-            let Some((_file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
+            let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if let Err(errors) = check_configs(&runtime, &plan).await {
-                print_errors(&errors);
+            if !check_configs(&runtime, &file, &plan).await {
                 return Ok(ExitCode::from(2));
             }
             println!(
@@ -551,11 +549,18 @@ fn print_errors(errors: &[String]) {
 }
 
 /// Load every plugin and check each stage's `with` against the JSON Schema its
-/// plugin's describe() returns.
-async fn check_configs(runtime: &Runtime, plan: &Plan) -> Result<(), Vec<String>> {
-    let plugins = load_plugins(runtime, plan)?;
+/// plugin's describe() returns. Problems are printed; false when there were any.
+async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> bool {
+    let plugins = match load_plugins(runtime, plan) {
+        Ok(p) => p,
+        Err(errors) => {
+            print_errors(&errors);
+            return false;
+        }
+    };
     let ctx = bare_context();
     let mut errors = vec![];
+    let mut plugin_errors = vec![];
     let mut schemas: std::collections::HashMap<String, Option<serde_json::Value>> =
         Default::default();
     for unit in plan.stages.iter().chain(&plan.sinks) {
@@ -563,41 +568,42 @@ async fn check_configs(runtime: &Runtime, plan: &Plan) -> Result<(), Vec<String>
         if !schemas.contains_key(&plugin.digest) {
             let schema = match runtime.describe(plugin, &ctx).await {
                 Ok(info) if info.config_schema.trim().is_empty() => None,
-                Ok(info) => match serde_json::from_str(&info.config_schema) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        errors.push(format!(
+                Ok(info) => serde_json::from_str(&info.config_schema)
+                    .map_err(|e| {
+                        plugin_errors.push(format!(
                             "{}: its config schema is not JSON: {e}",
                             plugin.label
-                        ));
-                        None
-                    }
-                },
+                        ))
+                    })
+                    .ok(),
                 Err(e) => {
-                    errors.push(format!("{}: {e:#}", unit.field));
+                    plugin_errors.push(format!("{}: {e:#}", unit.field));
                     None
                 }
             };
             schemas.insert(plugin.digest.clone(), schema);
         }
         if let Some(schema) = &schemas[&plugin.digest] {
-            errors.extend(
-                crate::schema::check_config(schema, &unit.config)
-                    .into_iter()
-                    .map(|e| {
-                        format!(
-                            "{}.with{}: {} (schema of `{}`)",
-                            unit.field, e.path, e.message, unit.uses
-                        )
-                    }),
-            );
+            let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
+            for e in crate::schema::check_config(schema, &unit.config) {
+                errors.push(file.error(
+                    &at,
+                    &format!("{}.with{}", unit.field, e.path),
+                    e.message,
+                    Some(format!(
+                        "`gantry plugins inspect {}` shows its config schema",
+                        unit.uses
+                    )),
+                ));
+            }
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+    let ok = plugin_errors.is_empty() && errors.is_empty();
+    print_errors(&plugin_errors);
+    if !errors.is_empty() {
+        eprintln!("{}", crate::manifest::ManifestErrors(errors));
     }
+    ok
 }
 
 /// Parse and plan a manifest, printing every problem; `None` when there were any.

@@ -46,6 +46,13 @@ pub struct Unit {
     pub(crate) condition_at: Option<Location>,
 }
 
+impl Unit {
+    /// Where the unit's `with:` is written, if anywhere.
+    pub fn with_at(&self) -> Option<Location> {
+        self.with_at
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub pipeline: String,
