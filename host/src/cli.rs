@@ -347,7 +347,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             output,
         } => {
-            let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
+            let Some((_file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
@@ -358,9 +358,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            let secrets =
-                crate::capabilities::secrets::SecretStore::resolve(&plan.secrets, &file.dir());
-            let shown = crate::show::plan(&plan, &plugins, &secrets);
+            let shown = crate::show::plan(&plan, &plugins);
             if output.output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {

@@ -1,7 +1,6 @@
 //! Text and JSON views for people: the plan, the run summary table, the run
 //! history and logs.
 
-use crate::capabilities::secrets::SecretStore;
 use crate::expr::Ref;
 use crate::journal::Record;
 use crate::pipeline::{RunResult, resolve};
@@ -14,11 +13,7 @@ use std::sync::Arc;
 
 /// The plan as shown by `gantry plan`: config with variables and the run's
 /// known fields filled in, secrets masked, upstream outputs left as expressions.
-pub fn plan(
-    plan: &Plan,
-    plugins: &HashMap<String, Arc<Plugin>>,
-    _secrets: &SecretStore,
-) -> serde_json::Value {
+pub fn plan(plan: &Plan, plugins: &HashMap<String, Arc<Plugin>>) -> serde_json::Value {
     let lookup = |r: &Ref| -> Option<String> {
         match r {
             Ref::Var(n) => plan.variables.get(n).cloned(),
