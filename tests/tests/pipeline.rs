@@ -79,46 +79,29 @@ stages:
 #[test]
 fn expressions_are_checked_before_anything_runs() {
     let ws = Workspace::new();
-    let err = validate_err(
-        &ws,
-        r#"pipeline: p
-variables: { region: westeurope }
+    let manifest = |extra: &str| {
+        format!(
+            r#"pipeline: p
+variables: {{ region: westeurope }}
 secrets:
-  token: { env: TOKEN }
+  token: {{ env: TOKEN }}
 stages:
   - name: a
-    uses: "{noop}"
+    uses: "{{noop}}"
   - name: b
-    uses: "{echo}"
+    uses: "{{echo}}"
     with:
-      message: "${{ vars.regoin }} ${{ secrets.token }} ${{ stages.a.outputs.stage }} ${{ run.nope }}"
-    if: ${{ secrets.token == 'x' }}
-"#,
-        &[],
-    );
-    for expected in [
-        "pipeline.yaml:11:7: stages[1].with.message: `run.nope`: `run` has id, commit, environment, pipeline",
-    ] {
-        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
-    }
+      message: "${{{{ vars.regoin }}}} ${{{{ secrets.token }}}} ${{{{ stages.a.outputs.stage }}}}{extra}"
+    if: ${{{{ secrets.token == 'x' }}}}
+"#
+        )
+    };
+    // A syntax error is reported on its own.
+    let err = validate_err(&ws, &manifest(" ${{ run.nope }}"), &[]);
+    let expected = "pipeline.yaml:11:7: stages[1].with.message: `run.nope`: `run` has id, commit, environment, pipeline";
+    assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     // With the syntax fixed, each reference is checked.
-    let err = validate_err(
-        &ws,
-        r#"pipeline: p
-variables: { region: westeurope }
-secrets:
-  token: { env: TOKEN }
-stages:
-  - name: a
-    uses: "{noop}"
-  - name: b
-    uses: "{echo}"
-    with:
-      message: "${{ vars.regoin }} ${{ secrets.token }} ${{ stages.a.outputs.stage }}"
-    if: ${{ secrets.token == 'x' }}
-"#,
-        &[],
-    );
+    let err = validate_err(&ws, &manifest(""), &[]);
     for expected in [
         "pipeline.yaml:11:7: stages[1].with.message: `vars.regoin` is not defined in environment `default`",
         "did you mean `vars.region`?",
