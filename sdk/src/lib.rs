@@ -90,3 +90,105 @@ pub fn warn(message: impl AsRef<str>) {
 pub fn output(key: impl Into<String>, value: impl Into<String>) -> (String, String) {
     (key.into(), value.into())
 }
+
+/// Running configured commands through the `exec` capability: the `steps`
+/// shape shared by the built-in `command` and `build` stages.
+pub mod steps {
+    use super::StageError;
+    use super::exec::{self, Command, ExitStatus};
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    /// One command to run.
+    #[derive(Deserialize, Clone, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct Step {
+        /// Shown in the log and used as the output key prefix; defaults to the program.
+        #[serde(default)]
+        pub name: Option<String>,
+        /// Program and arguments; the program must be granted in `permissions.exec`.
+        pub run: Vec<String>,
+        /// Working directory relative to the workspace.
+        #[serde(default)]
+        pub cwd: Option<String>,
+        /// Extra environment variables for the program.
+        #[serde(default)]
+        pub env: BTreeMap<String, String>,
+        /// Kill the program after this many seconds.
+        #[serde(default, rename = "timeout-seconds")]
+        pub timeout_seconds: Option<u64>,
+    }
+
+    /// JSON Schema of one [`Step`], for plugins' config schemas.
+    pub const STEP_SCHEMA: &str = r#"{
+        "type": "object",
+        "required": ["run"],
+        "additionalProperties": false,
+        "properties": {
+          "name": {"type": "string", "description": "Label for logs and outputs"},
+          "run": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                  "description": "Program (granted in permissions.exec) and its arguments"},
+          "cwd": {"type": "string", "description": "Working directory relative to the workspace"},
+          "env": {"type": "object", "additionalProperties": {"type": "string"}},
+          "timeout-seconds": {"type": "integer", "minimum": 1}
+        }
+      }"#;
+
+    impl Step {
+        pub fn label(&self) -> String {
+            self.name
+                .clone()
+                .unwrap_or_else(|| self.run.first().cloned().unwrap_or_default())
+        }
+
+        /// Run the step; a non-zero exit, a kill or a timeout is a `failed`
+        /// stage error quoting the last lines of the program's output.
+        pub fn run(&self) -> Result<ExitStatus, StageError> {
+            let Some((program, args)) = self.run.split_first() else {
+                return Err(StageError::InvalidConfig(format!(
+                    "step `{}`: `run` is empty",
+                    self.label()
+                )));
+            };
+            let status = exec::run(&Command {
+                program: program.clone(),
+                args: args.to_vec(),
+                cwd: self.cwd.clone(),
+                env: self.env.clone().into_iter().collect(),
+                timeout_ms: self.timeout_seconds.map(|s| s * 1000),
+            })?;
+            super::telemetry::metric(
+                "step.duration-ms",
+                status.duration_ms as f64,
+                &[("step".into(), self.label())],
+            );
+            if status.code == Some(0) {
+                return Ok(status);
+            }
+            let why = if status.timed_out {
+                format!("timed out after {} s", self.timeout_seconds.unwrap_or(0))
+            } else {
+                status
+                    .code
+                    .map_or("was killed".into(), |c| format!("exited with {c}"))
+            };
+            let out = if status.stderr.trim().is_empty() {
+                &status.stdout
+            } else {
+                &status.stderr
+            };
+            Err(StageError::Failed(format!(
+                "step `{}` ({}) {why}; last lines:\n{}",
+                self.label(),
+                self.run.join(" "),
+                tail(out, 20)
+            )))
+        }
+    }
+
+    /// The last `n` lines of `text`.
+    pub fn tail(text: &str, n: usize) -> String {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}

@@ -1,8 +1,16 @@
 //! The README's first command: the example pipeline runs for real on the
-//! built-in plugins (cargo test and cargo build of the example app), journaled,
-//! with its telemetry in the run directory.
+//! built-in plugins (the app's unit tests, a static build, a daemonless image),
+//! journaled, with its telemetry in the run directory.
 
 use gantry_e2e::{Workspace, repo};
+use serde_json::Value;
+use std::collections::HashMap;
+
+fn outputs(result: &Value, stage: usize) -> HashMap<String, String> {
+    serde_json::from_value(result["stages"][stage]["outputs"].clone())
+        .map(|v: Vec<(String, String)>| v.into_iter().collect())
+        .unwrap()
+}
 
 #[test]
 fn the_hello_example_pipeline_succeeds() {
@@ -16,56 +24,73 @@ fn the_hello_example_pipeline_succeeds() {
     ]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
-        out.succeeded("test") && out.succeeded("build"),
+        out.succeeded("test") && out.succeeded("image"),
         "{}",
         out.stderr
     );
-    assert!(
-        out.stderr.contains("test result: ok. 3 passed"),
-        "the app's unit tests ran: {}",
-        out.stderr
+    let result: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        outputs(&result, 0)["tests.passed"],
+        "3",
+        "the app's unit tests ran"
     );
+    let digest = outputs(&result, 1)["image.digest"].clone();
+    let index = std::fs::read_to_string(example.join(".gantry/images/hello/index.json")).unwrap();
     assert!(
-        example.join("app/target/release/hello").is_file(),
-        "the app was built"
+        index.contains(&digest) && index.contains("hello:latest"),
+        "{index}"
     );
-    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+
     let run_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap());
     let telemetry = std::fs::read_to_string(run_dir.join("telemetry.jsonl")).unwrap();
-    let last: serde_json::Value = serde_json::from_str(telemetry.lines().last().unwrap()).unwrap();
+    let last: Value = serde_json::from_str(telemetry.lines().last().unwrap()).unwrap();
     assert_eq!(last["kind"], "run-finished");
     assert_eq!(last["success"], true);
     assert_eq!(last["run_id"], result["run_id"]);
 }
 
 #[test]
-fn the_ci_environment_overlays_the_test_stage() {
-    let example = repo().join("examples/hello");
+fn the_environments_overlay_the_stages() {
+    let manifest = repo().join("examples/hello/pipeline.yaml");
     let ws = Workspace::new();
-    let manifest = example.join("pipeline.yaml");
-    let out = ws.gantry(&[
-        "plan",
-        manifest.to_str().unwrap(),
-        "--env",
-        "ci",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(out.code, Some(0), "{}", out.all());
-    let plan: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(plan["environment"], "ci");
-    assert_eq!(plan["stages"][0]["retries"], 2);
-    assert_eq!(
-        plan["stages"][0]["config"]["steps"][0]["run"][3],
-        "--locked"
-    );
+    let plan = |env: &str| -> Value {
+        let out = ws.gantry(&[
+            "plan",
+            manifest.to_str().unwrap(),
+            "--env",
+            env,
+            "--output",
+            "json",
+        ]);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let ci = plan("ci");
+    assert_eq!(ci["environment"], "ci");
+    assert_eq!(ci["stages"][0]["retries"], 2);
+    assert_eq!(ci["stages"][0]["config"]["test"][0]["run"][3], "--locked");
     // Variables are filled in; the run id is known only when the run starts.
     assert_eq!(
-        plan["stages"][1]["config"]["steps"][0]["run"][2],
-        "--release"
+        ci["stages"][1]["config"]["build"][0]["run"][5],
+        "x86_64-unknown-linux-gnu"
     );
     assert_eq!(
-        plan["telemetry"][0]["config"]["path"],
+        ci["telemetry"][0]["config"]["path"],
         ".gantry/runs/${{ run.id }}/telemetry.jsonl"
+    );
+    // The docker environment swaps the image backend and grants the engine.
+    let docker = plan("docker");
+    let image = &docker["stages"][1];
+    assert_eq!(image["config"]["image"]["backend"], "dockerfile");
+    assert!(
+        image["config"]["image"].get("files").is_none(),
+        "null removed the daemonless-only keys"
+    );
+    assert!(
+        image["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "engine: granted")
     );
 }
