@@ -10,7 +10,7 @@ use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use crate::report::Level;
 use crate::runtime::bindings::exec::{Command, ExitStatus};
 use crate::runtime::bindings::types::HostError;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -149,30 +149,8 @@ impl ExecState {
 
     /// The working directory: the workspace, or a directory inside it.
     fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, HostError> {
-        let Some(rel) = cwd.filter(|c| !c.is_empty() && *c != ".") else {
-            return Ok(self.workspace.clone());
-        };
-        let path = Path::new(rel);
-        if path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(HostError::Invalid(format!(
-                "cwd `{rel}` must be a relative path inside the workspace, without `..`"
-            )));
-        }
-        // Canonicalize to see through symlinks planted in the workspace.
-        let full = self
-            .workspace
-            .join(path)
-            .canonicalize()
-            .map_err(|e| HostError::Invalid(format!("cwd `{rel}`: {e}")))?;
-        if !full.starts_with(&self.workspace) {
-            return Err(HostError::Invalid(format!(
-                "cwd `{rel}` leads outside the workspace"
-            )));
-        }
-        Ok(full)
+        super::workspace::resolve_inside(&self.workspace, cwd.unwrap_or("."))
+            .map_err(|e| HostError::Invalid(format!("cwd {e}")))
     }
 }
 

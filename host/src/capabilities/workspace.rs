@@ -66,3 +66,54 @@ impl WorkspaceGrant {
         Ok(())
     }
 }
+
+/// `rel` must be a relative path without `..`.
+fn check_relative(rel: &str) -> Result<&std::path::Path, String> {
+    use std::path::Component;
+    let path = std::path::Path::new(rel);
+    if rel.is_empty()
+        || path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "`{rel}` must be a relative path inside the workspace, without `..`"
+        ));
+    }
+    Ok(path)
+}
+
+/// An existing path inside the workspace, with symlinks resolved; `.` or an
+/// empty string is the workspace itself.
+pub fn resolve_inside(workspace: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    if rel.is_empty() || rel == "." {
+        return Ok(workspace.to_path_buf());
+    }
+    let full = workspace
+        .join(check_relative(rel)?)
+        .canonicalize()
+        .map_err(|e| format!("`{rel}`: {e}"))?;
+    if !full.starts_with(workspace) {
+        return Err(format!("`{rel}` leads outside the workspace"));
+    }
+    Ok(full)
+}
+
+/// A path inside the workspace that may not exist yet: its nearest existing
+/// ancestor must resolve inside the workspace.
+pub fn resolve_new_inside(workspace: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    let path = workspace.join(check_relative(rel)?);
+    let mut existing = path.as_path();
+    while !existing.exists() {
+        existing = existing
+            .parent()
+            .ok_or_else(|| format!("`{rel}` has no existing parent"))?;
+    }
+    let real = existing
+        .canonicalize()
+        .map_err(|e| format!("`{rel}`: {e}"))?;
+    if !real.starts_with(workspace) {
+        return Err(format!("`{rel}` leads outside the workspace"));
+    }
+    Ok(path)
+}

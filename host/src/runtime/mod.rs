@@ -498,6 +498,9 @@ impl StageState {
             engine: engine::EngineState {
                 grant: grants.engine,
                 subject: subject.clone(),
+                workspace: ctx.workspace.clone(),
+                workspace_writable: grants.workspace.write,
+                log: log.clone(),
             },
             cluster: cluster::ClusterState {
                 grant: grants.cluster.clone(),

@@ -1,0 +1,172 @@
+//! Against a real Docker engine (`dockerd`, started by .ci/run) and skopeo: the
+//! images both backends write are real OCI layouts that Docker runs.
+
+use gantry_e2e::{Workspace, repo};
+use std::process::Command;
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn require_docker() {
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need a running Docker engine (dockerd) and skopeo; .ci/run installs and starts them"
+    );
+}
+
+/// A copy of examples/hello (sources, manifest, Dockerfile) in a fresh workspace.
+fn example_copy() -> Workspace {
+    let ws = Workspace::new();
+    let src = repo().join("examples/hello");
+    for file in [
+        "pipeline.yaml",
+        "Dockerfile",
+        ".dockerignore",
+        "app/Cargo.toml",
+        "app/Cargo.lock",
+        "app/src/main.rs",
+    ] {
+        ws.write(file, std::fs::read(src.join(file)).unwrap());
+    }
+    ws
+}
+
+/// Load the layout into Docker with skopeo, run it, and GET `/` from it.
+fn run_layout(ws: &Workspace, name: &str) -> String {
+    let layout = ws.path().join(".gantry/images/hello");
+    let image = format!("gantry-e2e-{name}:latest");
+    sh(Command::new("skopeo")
+        .args(["copy", "--insecure-policy"])
+        .arg(format!("oci:{}:hello:latest", layout.display()))
+        .arg(format!("docker-daemon:{image}")));
+    let container =
+        sh(Command::new("docker").args(["run", "-d", "--rm", "-p", "127.0.0.1::8080", &image]));
+    let port = sh(Command::new("docker").args(["port", &container, "8080/tcp"]));
+    let addr = port.lines().next().unwrap().to_string();
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+            if !body.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &container])
+        .output();
+    let _ = Command::new("docker").args(["rmi", "-f", &image]).output();
+    body
+}
+
+#[test]
+fn both_backends_build_images_that_docker_runs() {
+    require_docker();
+    let ws = example_copy();
+    let out = ws.gantry(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let body = run_layout(&ws, "daemonless");
+    assert!(
+        body.contains("200 OK") && body.contains("hello from gantry's example app"),
+        "{body}"
+    );
+
+    let out = ws.gantry(&["run", "pipeline.yaml", "--env", "docker"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("Successfully built"),
+        "the build log streams to the stage log: {}",
+        out.stdout
+    );
+    let body = run_layout(&ws, "dockerfile");
+    assert!(
+        body.contains("200 OK") && body.contains("hello from gantry's example app"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_failing_dockerfile_step_is_named() {
+    require_docker();
+    let ws = Workspace::new();
+    ws.write(
+        "ctx/Dockerfile",
+        "FROM scratch\nCOPY missing.txt /missing.txt\n",
+    );
+    ws.write("ctx/present.txt", "x");
+    ws.manifest(
+        "pipeline: p\nstages:\n  - name: img\n    uses: build\n    with:\n      image: { backend: dockerfile, ref: \"gantry-e2e-broken:1\", output: out, context: ctx }\n    permissions: { workspace: write, engine: true }\n",
+    );
+    let out = ws.run();
+    assert_eq!(out.code, Some(1));
+    let line = out.stage_line("img");
+    assert!(
+        line.contains("docker build failed at Step 2/2 : COPY missing.txt /missing.txt"),
+        "{line}"
+    );
+}
+
+#[test]
+fn dockerignore_keeps_files_out_of_the_context() {
+    require_docker();
+    let ws = Workspace::new();
+    ws.write("ctx/Dockerfile", "FROM scratch\nCOPY . /ctx/\n");
+    ws.write("ctx/.dockerignore", "secret.txt\nlogs/\n");
+    ws.write("ctx/keep.txt", "keep");
+    ws.write("ctx/secret.txt", "do not send");
+    ws.write("ctx/logs/a.log", "noise");
+    ws.manifest(
+        "pipeline: p\nstages:\n  - name: img\n    uses: build\n    with:\n      image: { backend: dockerfile, ref: \"gantry-e2e-ignore:1\", output: out, context: ctx }\n    permissions: { workspace: write, engine: true }\n",
+    );
+    let out = ws.run();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // Read the files of the exported layout's single layer.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.path().join("out/index.json")).unwrap()).unwrap();
+    let blob = |d: &str| {
+        std::fs::read(
+            ws.path()
+                .join("out/blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut names = vec![];
+    for layer in manifest["layers"].as_array().unwrap() {
+        let bytes = blob(layer["digest"].as_str().unwrap());
+        for e in tar::Archive::new(bytes.as_slice()).entries().unwrap() {
+            names.push(e.unwrap().path().unwrap().display().to_string());
+        }
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "gantry-e2e-ignore:1"])
+        .output();
+    assert!(
+        names.iter().any(|n| n.ends_with("ctx/keep.txt")),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("secret.txt") || n.contains("a.log")),
+        "{names:?}"
+    );
+}
