@@ -271,3 +271,68 @@ stages:
         line("engine-granted")
     );
 }
+
+#[test]
+fn an_image_can_build_on_a_base_layout() {
+    let ws = Workspace::new();
+    ws.write("base/etc/motd", "base layer");
+    ws.write("dist/app", b"\x7fELF app");
+    ws.manifest(
+        r#"pipeline: layered
+stages:
+  - name: base
+    uses: build
+    with:
+      image: { ref: "base:1", output: out/base, files: [{ from: base/etc, to: /etc }], env: { A: "1" }, user: "65532" }
+    permissions: { workspace: write }
+  - name: app
+    uses: build
+    needs: [base]
+    with:
+      image: { ref: "app:1", output: out/app, base: out/base, files: [{ from: dist/app, to: /app }], env: { B: "2" }, entrypoint: [/app] }
+    permissions: { workspace: write }
+"#,
+    );
+    let (out, _) = run_json(&ws);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let read = |p: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(ws.path().join(p)).unwrap()).unwrap()
+    };
+    let blob_json = |layout: &str, d: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(
+                ws.path()
+                    .join(layout)
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let base = blob_json(
+        "out/base",
+        read("out/base/index.json")["manifests"][0]["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    let app = blob_json(
+        "out/app",
+        read("out/app/index.json")["manifests"][0]["digest"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(app["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        app["layers"][0], base["layers"][0],
+        "the base layer comes first, unchanged"
+    );
+    let config = blob_json("out/app", app["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(config["config"]["Env"], serde_json::json!(["A=1", "B=2"]));
+    assert_eq!(
+        config["config"]["User"], "65532",
+        "settings of the base are kept"
+    );
+    assert_eq!(config["history"].as_array().unwrap().len(), 2);
+}
