@@ -170,3 +170,31 @@ fn dockerignore_keeps_files_out_of_the_context() {
         "{names:?}"
     );
 }
+
+#[test]
+fn export_never_overwrites_a_directory_that_is_not_a_layout() {
+    require_docker();
+    let ws = Workspace::new();
+    ws.write("ctx/Dockerfile", "FROM scratch\nCOPY keep.txt /keep.txt\n");
+    ws.write("ctx/keep.txt", "precious");
+    for output in [".", "ctx"] {
+        ws.manifest(&format!(
+            "pipeline: p\nstages:\n  - name: img\n    uses: build\n    with:\n      image: {{ backend: dockerfile, ref: \"gantry-e2e-keep:1\", output: \"{output}\", context: ctx }}\n    permissions: {{ workspace: write, engine: true }}\n"
+        ));
+        let out = ws.run();
+        assert_eq!(out.code, Some(1), "{}", out.all());
+        assert!(
+            out.stage_line("img")
+                .contains("is not an OCI image layout; refusing to overwrite it"),
+            "{}",
+            out.stage_line("img")
+        );
+        assert_eq!(
+            std::fs::read_to_string(ws.path().join("ctx/keep.txt")).unwrap(),
+            "precious"
+        );
+    }
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "gantry-e2e-keep:1"])
+        .output();
+}

@@ -264,6 +264,15 @@ fn docker_save_to_layout(saved: &[u8], out: &Path, ref_name: &str) -> std::io::R
         }
     }
     if out.exists() {
+        // Replace a previous layout, never anything else (the workspace itself,
+        // sources): the stage named this directory, the host deletes it.
+        let empty = std::fs::read_dir(out)?.next().is_none();
+        if !empty && !out.join("oci-layout").is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not an OCI image layout; refusing to overwrite it",
+                out.display()
+            )));
+        }
         std::fs::remove_dir_all(out)?;
     }
     std::fs::create_dir_all(out.join("blobs/sha256"))?;
