@@ -87,6 +87,7 @@ async fn warm_start(wasm: &Path, pooling: bool) -> Stats {
             pipeline: "bench".into(),
             environment: "bench".into(),
         },
+        run_dir: None,
     };
     let context = StageContext {
         run_id: "bench".into(),
