@@ -250,3 +250,127 @@ impl HttpServer {
         self.hits.load(Ordering::SeqCst)
     }
 }
+
+/// A real OCI registry (Debian's docker-registry) on a free loopback port, with
+/// optional htpasswd basic auth. Stopped when dropped.
+pub struct Registry {
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start(htpasswd: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match htpasswd {
+            Some(entries) => {
+                std::fs::write(dir.path().join("htpasswd"), entries).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: gantry-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                )
+            }
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", dir.path().join("config.yml").to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect(
+                "docker-registry must be installed (apt-get install docker-registry; .ci/run does)",
+            );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not start on {addr}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy in front of `target` that records the request line of each
+/// connection (wasi:http opens one per request) and can inject faults.
+pub struct Proxy {
+    pub addr: String,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// What the proxy does to the n-th request (1-based).
+pub type Fault = fn(usize) -> Option<&'static str>;
+
+impl Proxy {
+    pub fn start(target: &str, fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, target) = (requests.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for (i, client) in listener.incoming().enumerate() {
+                let Ok(mut client) = client else { break };
+                let (log, target) = (log.clone(), target.clone());
+                std::thread::spawn(move || {
+                    let mut head = vec![0u8; 65536];
+                    let n = client.read(&mut head).unwrap_or(0);
+                    let line = String::from_utf8_lossy(&head[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    log.lock().unwrap().push(line);
+                    match fault(i + 1) {
+                        Some("drop") => return,
+                        Some(response) => {
+                            let _ = client.write_all(response.as_bytes());
+                            return;
+                        }
+                        None => {}
+                    }
+                    let Ok(mut upstream) = std::net::TcpStream::connect(&target) else {
+                        return;
+                    };
+                    let _ = upstream.write_all(&head[..n]);
+                    let (mut c2, mut u2) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut u2);
+                        let _ = u2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut upstream, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,313 @@
+//! The built-in `registry` stage against a real registry (Debian's
+//! docker-registry on loopback): pushes that Docker pulls and runs, basic auth,
+//! deduplication, faults and refusals.
+
+use gantry_e2e::{Proxy, Registry, Workspace};
+use serde_json::Value;
+use std::process::Command;
+
+/// A workspace with a small image layout built by the `build` stage, and a push
+/// stage after it configured by `push_with` (a YAML flow mapping body).
+fn pipeline(ws: &Workspace, push_with: &str, http: &str, extra: &str) {
+    ws.write("dist/app", b"\x7fELF not really a program");
+    ws.manifest(&format!(
+        r#"pipeline: push
+secrets:
+  user: {{ env: REG_USER }}
+  pass: {{ env: REG_PASS }}
+stages:
+  - name: image
+    uses: build
+    with:
+      image: {{ ref: "app:1", output: out/app, files: [{{ from: dist/app, to: /app }}] }}
+    permissions: {{ workspace: write }}
+  - name: push
+    uses: registry
+    needs: [image]
+    with: {{ {push_with} }}
+    permissions: {{ http: ["{http}"]{extra} }}
+"#
+    ));
+}
+
+fn outputs(out: &gantry_e2e::Output) -> Value {
+    let v: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    let push = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "push")
+        .unwrap()
+        .clone();
+    let map: serde_json::Map<String, Value> = push["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].clone()))
+        .collect();
+    Value::Object(map)
+}
+
+#[test]
+fn an_anonymous_push_is_pulled_and_run_by_docker_and_a_repush_uploads_nothing() {
+    let registry = Registry::start(None);
+    let proxy = Proxy::start(&registry.addr, |_| None);
+    let ws = Workspace::new();
+    pipeline(
+        &ws,
+        &format!(
+            "registry: \"{}\", repository: gantry/e2e, tags: [v1], insecure: true",
+            proxy.addr
+        ),
+        &format!("http://{}", proxy.addr),
+        "",
+    );
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let o = outputs(&out);
+    let image = o["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}/gantry/e2e@sha256:", proxy.addr)),
+        "{image}"
+    );
+    assert_eq!(o["blobs-uploaded"], "2");
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT "))
+        .count();
+    assert_eq!(
+        puts,
+        3,
+        "two blobs and one manifest: {:?}",
+        proxy.requests()
+    );
+
+    // Docker reads what we wrote (through the registry directly).
+    let direct = image.replace(&proxy.addr, &registry.addr);
+    let pull = Command::new("docker")
+        .args(["pull", &direct])
+        .output()
+        .unwrap();
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let inspect = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &direct,
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains(o["digest"].as_str().unwrap()));
+    let _ = Command::new("docker").args(["rmi", "-f", &direct]).output();
+
+    // Unchanged image: no blob is uploaded again.
+    let before = proxy.requests().len();
+    let again = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(again.code, Some(0), "{}", again.all());
+    assert_eq!(outputs(&again)["blobs-uploaded"], "0");
+    let new: Vec<String> = proxy.requests()[before..].to_vec();
+    assert!(
+        new.iter()
+            .all(|r| !r.starts_with("POST ") && !r.contains("/blobs/uploads")),
+        "{new:?}"
+    );
+    assert_eq!(
+        new.iter().filter(|r| r.starts_with("HEAD ")).count(),
+        2,
+        "{new:?}"
+    );
+}
+
+/// An htpasswd line with a bcrypt hash (cost 4), as docker-registry reads it.
+fn htpasswd(user: &str, password: &str) -> String {
+    let hash = bcrypt::hash(password, 4).unwrap();
+    format!("{user}:{hash}\n")
+}
+
+#[test]
+fn basic_auth_uses_granted_secrets_and_wrong_credentials_are_clear() {
+    let registry = Registry::start(Some(&htpasswd("ci", "s3cret-pw")));
+    let with = format!(
+        "registry: \"{}\", repository: team/app, insecure: true, username-secret: user, password-secret: pass, retries: 0",
+        registry.addr
+    );
+    let http = format!("http://{}", registry.addr);
+    let ws = Workspace::new()
+        .env("REG_USER", "ci")
+        .env("REG_PASS", "s3cret-pw");
+    pipeline(&ws, &with, &http, ", secrets: [user, pass]");
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        outputs(&out)["image"]
+            .as_str()
+            .unwrap()
+            .contains("/team/app@sha256:")
+    );
+    assert!(!out.all().contains("s3cret-pw"));
+
+    let wrong = Workspace::new()
+        .env("REG_USER", "ci")
+        .env("REG_PASS", "nope");
+    pipeline(&wrong, &with, &http, ", secrets: [user, pass]");
+    let out = wrong.run();
+    assert_eq!(out.code, Some(1));
+    let line = out.stage_line("push");
+    assert!(
+        line.contains(&format!("{} rejected the credentials", registry.addr)),
+        "{line}"
+    );
+    assert!(line.contains("(401 for HEAD http://"), "{line}");
+
+    let none = Workspace::new();
+    pipeline(
+        &none,
+        &format!(
+            "registry: \"{}\", repository: team/app, insecure: true, retries: 0",
+            registry.addr
+        ),
+        &http,
+        "",
+    );
+    let out = none.run();
+    assert!(
+        out.stage_line("push")
+            .contains("requires credentials: set `username-secret` and `password-secret`"),
+        "{}",
+        out.stage_line("push")
+    );
+}
+
+#[test]
+fn faults_are_retried_and_the_digest_is_the_same() {
+    let registry = Registry::start(None);
+    // Every 3rd request 503, every 4th 429 with Retry-After, every 5th dropped.
+    let proxy = Proxy::start(&registry.addr, |n| match n {
+        n if n % 5 == 0 => Some("drop"),
+        n if n % 4 == 0 => Some(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ),
+        n if n % 3 == 0 => Some(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ),
+        _ => None,
+    });
+    let ws = Workspace::new();
+    pipeline(
+        &ws,
+        &format!(
+            "registry: \"{}\", repository: faulty/app, insecure: true, retries: 8",
+            proxy.addr
+        ),
+        &format!("http://{}", proxy.addr),
+        "",
+    );
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let digest = outputs(&out)["digest"].as_str().unwrap().to_string();
+    assert!(out.stderr.contains("retry 1 of 8"), "{}", out.stderr);
+    // The same image pushed cleanly has the same digest.
+    let clean = Workspace::new();
+    pipeline(
+        &clean,
+        &format!(
+            "registry: \"{}\", repository: faulty/app, insecure: true",
+            registry.addr
+        ),
+        &format!("http://{}", registry.addr),
+        "",
+    );
+    let out = clean.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(outputs(&out)["digest"], digest.as_str());
+}
+
+#[test]
+fn a_registry_that_is_down_fails_clearly_and_an_ungranted_host_is_denied() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ws = Workspace::new();
+    pipeline(
+        &ws,
+        &format!("registry: \"127.0.0.1:{port}\", repository: a/b, insecure: true, retries: 1"),
+        &format!("http://127.0.0.1:{port}"),
+        "",
+    );
+    let out = ws.run();
+    assert_eq!(out.code, Some(1));
+    let line = out.stage_line("push");
+    assert!(line.contains("transient: blob sha256:"), "{line}");
+    assert!(line.contains("gave up after 2 attempts"), "{line}");
+
+    let denied = Workspace::new();
+    pipeline(
+        &denied,
+        "registry: \"127.0.0.1:9\", repository: a/b, insecure: true",
+        "http://127.0.0.1:8",
+        "",
+    );
+    let out = denied.run();
+    let line = out.stage_line("push");
+    assert!(line.contains("denied: blob sha256:"), "{line}");
+    assert!(
+        out.stdout
+            .contains("grant it with `stages[1].permissions.http: [\"http://127.0.0.1:9\"]`"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn the_local_provider_writes_an_oci_layout() {
+    let ws = Workspace::new();
+    pipeline(
+        &ws,
+        "provider: layout, destination: pushed, tags: [v1, stable]",
+        "http://127.0.0.1:9",
+        ", workspace: write",
+    );
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(ws.path().join("pushed/index.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["v1", "stable"]);
+    let digest = outputs(&out)["digest"].as_str().unwrap().to_string();
+    assert!(
+        ws.path()
+            .join("pushed/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+            .is_file()
+    );
+    // skopeo, a third-party reader, accepts it.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v1", ws.path().join("pushed").display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+}
