@@ -311,3 +311,88 @@ fn the_local_provider_writes_an_oci_layout() {
         String::from_utf8_lossy(&inspect.stderr)
     );
 }
+
+#[test]
+fn large_blobs_go_in_chunks_and_blobs_are_mounted_across_repositories() {
+    let registry = Registry::start(None);
+    let proxy = Proxy::start(&registry.addr, |_| None);
+    let ws = Workspace::new();
+    let http = format!("http://{}", proxy.addr);
+    pipeline(
+        &ws,
+        &format!(
+            "registry: \"{}\", repository: big/one, insecure: true, chunk-size: 65536",
+            proxy.addr
+        ),
+        &http,
+        "",
+    );
+    // ~300 KB that gzip cannot shrink: the layer needs several chunks.
+    let mut noise = Vec::with_capacity(300_000);
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    while noise.len() < 300_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    ws.write("dist/app", &noise);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let first = outputs(&out);
+    let patches = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PATCH "))
+        .count();
+    assert!(
+        patches >= 4,
+        "a ~300 KB layer in 64 KiB chunks: {:?}",
+        proxy.requests()
+    );
+    let direct = first["image"]
+        .as_str()
+        .unwrap()
+        .replace(&proxy.addr, &registry.addr);
+    let pull = Command::new("docker")
+        .args(["pull", &direct])
+        .output()
+        .unwrap();
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let _ = Command::new("docker").args(["rmi", "-f", &direct]).output();
+
+    // The same image into another repository: every blob mounted, none uploaded.
+    let before = proxy.requests().len();
+    pipeline(
+        &ws,
+        &format!(
+            "registry: \"{}\", repository: big/two, insecure: true, mount-from: big/one",
+            proxy.addr
+        ),
+        &http,
+        "",
+    );
+    ws.write("dist/app", &noise);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let second = outputs(&out);
+    assert_eq!(second["blobs-mounted"], "2");
+    assert_eq!(second["blobs-uploaded"], "0");
+    assert_eq!(second["digest"], first["digest"]);
+    let new = proxy.requests()[before..].to_vec();
+    assert!(
+        new.iter().any(|r| r.starts_with("POST ")
+            && r.contains("mount=sha256")
+            && r.contains("from=big%2Fone")),
+        "{new:?}"
+    );
+    assert!(
+        !new.iter()
+            .any(|r| r.starts_with("PATCH ") || (r.starts_with("PUT ") && r.contains("/blobs/"))),
+        "{new:?}"
+    );
+}

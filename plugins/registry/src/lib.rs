@@ -49,6 +49,16 @@ struct Config {
     /// For `provider: layout`: the destination layout directory.
     #[serde(default)]
     destination: Option<String>,
+    /// Blobs larger than this many bytes are uploaded in chunks of this size.
+    #[serde(default = "default_chunk")]
+    chunk_size: u64,
+    /// A repository on the same registry to mount existing blobs from.
+    #[serde(default)]
+    mount_from: Option<String>,
+}
+
+fn default_chunk() -> u64 {
+    8 << 20
 }
 
 fn registry_provider() -> String {
@@ -72,7 +82,9 @@ const SCHEMA: &str = r#"{
     "username-secret": {"type": "string"},
     "password-secret": {"type": "string"},
     "retries": {"type": "integer", "minimum": 0, "maximum": 20},
-    "destination": {"type": "string", "description": "for provider: layout, the destination layout directory"}
+    "destination": {"type": "string", "description": "for provider: layout, the destination layout directory"},
+    "chunk-size": {"type": "integer", "minimum": 1024, "description": "blobs above this size are uploaded in PATCH chunks of this size"},
+    "mount-from": {"type": "string", "description": "repository on the same registry to mount blobs from"}
   }
 }"#;
 
@@ -155,6 +167,16 @@ struct Registry {
     auth: HashMap<String, String>,
     retries: u32,
     requests: u64,
+    chunk_size: u64,
+    mount_from: Option<String>,
+}
+
+/// How a blob reached the registry.
+#[derive(PartialEq)]
+enum Sent {
+    Existed,
+    Mounted,
+    Uploaded,
 }
 
 /// `Bearer realm="...",service="...",scope="..."` → its parameters.
@@ -352,50 +374,90 @@ impl Registry {
         }
     }
 
-    /// Upload one blob unless the registry has it; returns whether it uploaded.
-    fn push_blob(&mut self, image: &Image, digest: &str) -> Result<bool, StageError> {
-        let scope = self.scope("pull,push");
+    /// Upload one blob unless the registry has it, or mount it from
+    /// `mount_from`; small blobs in one PUT, large ones in PATCH chunks.
+    fn push_blob(&mut self, image: &Image, digest: &str) -> Result<Sent, StageError> {
+        let scope = match &self.mount_from {
+            Some(from) => format!("{} repository:{from}:pull", self.scope("pull,push")),
+            None => self.scope("pull,push"),
+        };
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
         let head = self.request("HEAD", &url, &[], &[], &scope)?;
         if head.status == 200 {
-            return Ok(false);
+            return Ok(Sent::Existed);
         }
-        let bytes = image.blob(digest)?;
-        let start = self.request(
-            "POST",
-            &format!("{}/v2/{}/blobs/uploads/", self.base, self.repository),
-            &[],
-            &[],
-            &scope,
-        )?;
+        let mut start_url = format!("{}/v2/{}/blobs/uploads/", self.base, self.repository);
+        if let Some(from) = &self.mount_from {
+            start_url.push_str(&format!("?mount={digest}&from={}", percent(from)));
+        }
+        let start = self.request("POST", &start_url, &[], &[], &scope)?;
+        if start.status == 201 {
+            return Ok(Sent::Mounted);
+        }
         if start.status != 202 {
             return Err(failed(format!(
-                "starting the upload of {digest}: {} {}",
+                "starting the upload: {} {}",
                 start.status,
                 registry_error(&start.body)
             )));
         }
-        let location = self.absolute(
+        let mut location = self.absolute(
             start
                 .header("location")
                 .ok_or_else(|| failed("upload started without a Location"))?,
         );
+        let bytes = image.blob(digest)?;
+        let mut body: &[u8] = &bytes;
+        if bytes.len() as u64 > self.chunk_size {
+            let min = start
+                .header("oci-chunk-min-length")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let size = self.chunk_size.max(min) as usize;
+            let mut offset = 0;
+            for chunk in bytes.chunks(size) {
+                let end = offset + chunk.len() - 1;
+                let r = self.request(
+                    "PATCH",
+                    &location,
+                    &[
+                        ("content-type", "application/octet-stream".into()),
+                        ("content-range", format!("{offset}-{end}")),
+                    ],
+                    chunk,
+                    &scope,
+                )?;
+                if r.status != 202 {
+                    return Err(failed(format!(
+                        "uploading bytes {offset}-{end}: {} {}",
+                        r.status,
+                        registry_error(&r.body)
+                    )));
+                }
+                location = self.absolute(
+                    r.header("location")
+                        .ok_or_else(|| failed("chunk accepted without a Location"))?,
+                );
+                offset = end + 1;
+            }
+            body = &[];
+        }
         let sep = if location.contains('?') { '&' } else { '?' };
         let put = self.request(
             "PUT",
             &format!("{location}{sep}digest={digest}"),
             &[("content-type", "application/octet-stream".into())],
-            &bytes,
+            body,
             &scope,
         )?;
         if put.status != 201 {
             return Err(failed(format!(
-                "uploading blob {digest}: {} {}",
+                "finishing the upload: {} {}",
                 put.status,
                 registry_error(&put.body)
             )));
         }
-        Ok(true)
+        Ok(Sent::Uploaded)
     }
 
     fn push_manifest(&mut self, image: &Image, reference: &str) -> Result<(), StageError> {
@@ -582,18 +644,23 @@ impl Guest for Push {
             auth: HashMap::new(),
             retries: cfg.retries,
             requests: 0,
+            chunk_size: cfg.chunk_size,
+            mount_from: cfg.mount_from.clone(),
         };
         let total = image.blobs.len() as u64;
-        let mut uploaded = 0u64;
-        let mut bytes = 0u64;
+        let (mut uploaded, mut mounted, mut bytes) = (0u64, 0u64, 0u64);
         for (i, (digest, size)) in image.blobs.iter().enumerate() {
             gantry_sdk::log::progress(i as u64, Some(total), &format!("blob {digest}"));
-            if reg
+            match reg
                 .push_blob(&image, digest)
                 .map_err(|e| prefix(e, &format!("blob {digest}")))?
             {
-                uploaded += 1;
-                bytes += size;
+                Sent::Uploaded => {
+                    uploaded += 1;
+                    bytes += size;
+                }
+                Sent::Mounted => mounted += 1,
+                Sent::Existed => {}
             }
         }
         gantry_sdk::log::progress(total, Some(total), "blobs done");
@@ -603,8 +670,8 @@ impl Guest for Push {
         let pinned = format!("{registry}/{repository}@{}", image.digest);
         gantry_sdk::telemetry::metric("registry.bytes-uploaded", bytes as f64, &[]);
         gantry_sdk::info(format!(
-            "pushed {pinned}: {uploaded} of {total} blob(s) uploaded ({bytes} bytes), {} skipped, {} request(s)",
-            total - uploaded,
+            "pushed {pinned}: {uploaded} of {total} blob(s) uploaded ({bytes} bytes), {mounted} mounted, {} skipped, {} request(s)",
+            total - uploaded - mounted,
             reg.requests
         ));
         Ok(Outcome {
@@ -621,6 +688,7 @@ impl Guest for Push {
                 ("digest".into(), image.digest.clone()),
                 ("tags".into(), tags.join(",")),
                 ("blobs-uploaded".into(), uploaded.to_string()),
+                ("blobs-mounted".into(), mounted.to_string()),
             ],
             summary: format!("pushed {pinned} as {}", tags.join(", ")),
         })
