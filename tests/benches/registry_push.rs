@@ -20,7 +20,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn main() {
@@ -64,14 +68,27 @@ stages:
         assert_eq!(out.code, Some(0), "{}", out.all());
     }
 
-    let ok = Command::new("docker").arg("info").output().map(|o| o.status.success()).unwrap_or(false);
-    println!("push of 3 x {} MB layers to a fresh local registry, {RUNS} runs each:", LAYER >> 20);
-    println!("  gantry (registry stage, whole run): median {:.0} ms", median(gantry.clone()).as_secs_f64() * 1e3);
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    println!(
+        "push of 3 x {} MB layers to a fresh local registry, {RUNS} runs each:",
+        LAYER >> 20
+    );
+    println!(
+        "  gantry (registry stage, whole run): median {:.0} ms",
+        median(gantry.clone()).as_secs_f64() * 1e3
+    );
     if !ok {
         println!("  docker push: no Docker engine answered; comparison skipped");
         return;
     }
-    sh(Command::new("skopeo").args(["copy", "--insecure-policy"]).arg(format!("oci:{}:l:3", layout.display())).arg("docker-daemon:gantry-bench-push:latest"));
+    sh(Command::new("skopeo")
+        .args(["copy", "--insecure-policy"])
+        .arg(format!("oci:{}:l:3", layout.display()))
+        .arg("docker-daemon:gantry-bench-push:latest"));
     let mut docker = vec![];
     for i in 0..RUNS {
         let registry = Registry::start(None);
@@ -82,8 +99,16 @@ stages:
         docker.push(start.elapsed());
         let _ = Command::new("docker").args(["rmi", &tag]).output();
     }
-    let _ = Command::new("docker").args(["rmi", "-f", "gantry-bench-push:latest"]).output();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "gantry-bench-push:latest"])
+        .output();
     let (g, d) = (median(gantry), median(docker));
-    println!("  docker push:                        median {:.0} ms", d.as_secs_f64() * 1e3);
-    println!("  ratio gantry / docker push: {:.2}x", g.as_secs_f64() / d.as_secs_f64());
+    println!(
+        "  docker push:                        median {:.0} ms",
+        d.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratio gantry / docker push: {:.2}x",
+        g.as_secs_f64() / d.as_secs_f64()
+    );
 }

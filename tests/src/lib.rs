@@ -262,12 +262,6 @@ pub struct Registry {
 impl Registry {
     pub fn start(htpasswd: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
         let auth = match htpasswd {
             Some(entries) => {
                 std::fs::write(dir.path().join("htpasswd"), entries).unwrap();
@@ -278,6 +272,18 @@ impl Registry {
             }
             None => String::new(),
         };
+        Self::start_in(dir, &auth)
+    }
+
+    /// Start with `auth` as the `auth:` section of the registry's config (YAML,
+    /// including the `auth:` key); the registry keeps its data in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, auth: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
             dir.path().join("data").display()

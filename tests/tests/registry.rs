@@ -396,3 +396,169 @@ fn large_blobs_go_in_chunks_and_blobs_are_mounted_across_repositories() {
         "{new:?}"
     );
 }
+
+/// A registry token service, as docker-registry's `auth: token` expects: checks
+/// basic credentials, issues ES256 JWTs carrying the requested access, signed
+/// with a key whose self-signed certificate the registry trusts (x5c header).
+struct TokenServer {
+    realm: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn token_server(dir: &std::path::Path, user: &'static str, password: &'static str) -> TokenServer {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::DecodePrivateKey as _;
+    use std::io::{Read, Write};
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=gantry-test-token",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let key = p256::ecdsa::SigningKey::from_pkcs8_pem(
+        &std::fs::read_to_string(dir.join("key.pem")).unwrap(),
+    )
+    .unwrap();
+    let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let realm = format!("http://{}/token", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = requests.clone();
+    std::thread::spawn(move || {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = vec![0u8; 16384];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let line = req.lines().next().unwrap_or("").to_string();
+            log.lock().unwrap().push(line.clone());
+            let authorized = req.lines().any(|l| {
+                l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == expected
+            });
+            if !authorized {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let scope = line
+                .split(['?', '&', ' '])
+                .find_map(|p| p.strip_prefix("scope="))
+                .unwrap_or("");
+            let scope = scope
+                .replace("%3A", ":")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+                .replace("%20", " ");
+            let access: Vec<serde_json::Value> = scope
+                .split(' ')
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [der_b64]});
+            let claims = serde_json::json!({
+                "iss": "gantry-test", "sub": user, "aud": "gantry-registry",
+                "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", log.lock().unwrap().len()),
+                "access": access,
+            });
+            let input = format!(
+                "{}.{}",
+                b64.encode(header.to_string()),
+                b64.encode(claims.to_string())
+            );
+            let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            let jwt = format!("{input}.{}", b64.encode(sig.to_bytes()));
+            let body = serde_json::json!({"token": jwt, "expires_in": 300}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    TokenServer { realm, requests }
+}
+
+#[test]
+fn the_registry_token_flow_fetches_a_token_with_granted_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_server(dir.path(), "ci", "tok-pass");
+    let auth = format!(
+        "auth:\n  token:\n    realm: {}\n    service: gantry-registry\n    issuer: gantry-test\n    rootcertbundle: {}\n",
+        tokens.realm,
+        dir.path().join("cert.pem").display()
+    );
+    let registry = Registry::start_in(dir, &auth);
+    let token_origin = tokens.realm.trim_end_matches("/token").to_string();
+    let with = format!(
+        "registry: \"{}\", repository: team/app, tags: [v1, v2], insecure: true, username-secret: user, password-secret: pass, retries: 0",
+        registry.addr
+    );
+    let grant = format!("http://{}\", \"{token_origin}", registry.addr);
+    let ws = Workspace::new()
+        .env("REG_USER", "ci")
+        .env("REG_PASS", "tok-pass");
+    pipeline(&ws, &with, &grant, ", secrets: [user, pass]");
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(outputs(&out)["tags"], "v1,v2");
+    let asked = tokens.requests.lock().unwrap().clone();
+    assert_eq!(
+        asked.len(),
+        1,
+        "one token for the scope, cached for every request after: {asked:?}"
+    );
+    assert!(
+        asked[0].contains("service=gantry-registry")
+            && asked[0].contains("scope=repository%3Ateam%2Fapp%3Apull%2Cpush"),
+        "{asked:?}"
+    );
+    assert!(!out.all().contains("tok-pass"));
+
+    // Wrong credentials: the token service refuses, and the stage says so.
+    let wrong = Workspace::new()
+        .env("REG_USER", "ci")
+        .env("REG_PASS", "nope");
+    pipeline(&wrong, &with, &grant, ", secrets: [user, pass]");
+    let out = wrong.run();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stage_line("push")
+            .contains(&format!("token service {} answered 401", tokens.realm)),
+        "{}",
+        out.stage_line("push")
+    );
+}

@@ -320,19 +320,16 @@ impl Registry {
                 })?;
                 let mut url = realm.clone();
                 let mut sep = if url.contains('?') { '&' } else { '?' };
-                for key in ["service", "scope"] {
-                    let value = if key == "scope" {
-                        params
-                            .get("scope")
-                            .cloned()
-                            .unwrap_or_else(|| scope.to_string())
-                    } else {
-                        params.get(key).cloned().unwrap_or_default()
-                    };
-                    if !value.is_empty() {
-                        url.push_str(&format!("{sep}{key}={}", percent(&value)));
-                        sep = '&';
-                    }
+                // Ask for everything this push needs (the challenge to a HEAD
+                // names only `pull`), one `scope` parameter per repository, so
+                // that one token serves every request.
+                let service = params.get("service").cloned().unwrap_or_default();
+                let pairs = std::iter::once(("service", service.as_str()))
+                    .chain(scope.split(' ').map(|s| ("scope", s)))
+                    .filter(|(_, v)| !v.is_empty());
+                for (key, value) in pairs {
+                    url.push_str(&format!("{sep}{key}={}", percent(value)));
+                    sep = '&';
                 }
                 let headers: Vec<(&str, String)> =
                     basic.into_iter().map(|b| ("authorization", b)).collect();
