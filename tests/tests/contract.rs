@@ -148,6 +148,7 @@ stages:
     uses: "{noop}"
   - name: b
     uses: "{hostile}"
+    needs: [a]
     with: { attack: exec, target: sh }
 telemetry:
   - uses: file
