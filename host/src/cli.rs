@@ -2,7 +2,7 @@
 
 use crate::journal::{Journal, Record};
 use crate::manifest::ManifestFile;
-use crate::pipeline::{Pipeline, Resume, RunResult, load_plugins};
+use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::report::{Console, Reporter, Silent};
@@ -234,9 +234,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if !check_configs(&runtime, &file, &plan).await {
+            let Some(plugins) = check_configs(&runtime, &file, &plan).await else {
                 return Ok(ExitCode::from(2));
-            }
+            };
             let run_id = crate::pipeline::new_run_id();
             let commit = crate::pipeline::detect_commit(&plan.workspace);
             let mut journal = Journal::create(&plan.workspace, &run_id)?;
@@ -257,7 +257,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 commit,
             };
             finish_run(
-                pipeline.run(journal, Resume::default()).await,
+                pipeline.run(&plugins, journal, Resume::default()).await,
                 &console,
                 output.output,
             )
@@ -300,10 +300,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     manifest.display()
                 );
             }
-            let Some((_file, plan)) = load_manifest(manifest, Some(environment)) else {
+            let Some((file, plan)) = load_manifest(manifest, Some(environment)) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
+            let Some(plugins) = check_configs(&runtime, &file, &plan).await else {
+                return Ok(ExitCode::from(2));
+            };
             let mut journal = Journal::open(&dir)?;
             journal.append(&Record::RunResumed {
                 ts_ms: crate::capabilities::telemetry::now_ms(),
@@ -316,14 +319,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_id,
                 commit: commit.clone(),
             };
-            finish_run(pipeline.run(journal, resume).await, &console, output.output)
+            finish_run(
+                pipeline.run(&plugins, journal, resume).await,
+                &console,
+                output.output,
+            )
         }
         Command::Validate { manifest, env } => {
             let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if !check_configs(&runtime, &file, &plan).await {
+            if check_configs(&runtime, &file, &plan).await.is_none() {
                 return Ok(ExitCode::from(2));
             }
             println!(
@@ -547,13 +554,14 @@ fn print_errors(errors: &[String]) {
 }
 
 /// Load every plugin and check each stage's `with` against the JSON Schema its
-/// plugin's describe() returns. Problems are printed; false when there were any.
-async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> bool {
+/// plugin's describe() returns. Problems are printed; on success the loaded
+/// plugins, which the run then uses.
+async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> Option<Plugins> {
     let plugins = match load_plugins(runtime, plan) {
         Ok(p) => p,
         Err(errors) => {
             print_errors(&errors);
-            return false;
+            return None;
         }
     };
     let ctx = bare_context();
@@ -601,7 +609,7 @@ async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> b
     if !errors.is_empty() {
         eprintln!("{}", crate::manifest::ManifestErrors(errors));
     }
-    ok
+    ok.then_some(plugins)
 }
 
 /// Parse and plan a manifest, printing every problem; `None` when there were any.

@@ -74,6 +74,9 @@ impl RunResult {
     }
 }
 
+/// The loaded plugin of each stage and sink, by manifest field (`stages[2]`).
+pub type Plugins = HashMap<String, Arc<Plugin>>;
+
 /// Load and check every plugin of the plan. All problems are reported together.
 pub fn load_plugins(
     runtime: &Runtime,
@@ -210,16 +213,15 @@ enum Stop {
 }
 
 impl Pipeline<'_> {
-    /// Run (or resume) the plan, journaling into `journal`. Errors here are the
-    /// host's (a plugin that does not load, a journal that cannot be written);
-    /// stage failures are in the result.
-    pub async fn run(&self, journal: Journal, resume: Resume) -> anyhow::Result<RunResult> {
-        let plugins = load_plugins(self.runtime, self.plan).map_err(|errs| {
-            anyhow::anyhow!(
-                "refusing to run; these plugins cannot be used:\n  {}",
-                errs.join("\n  ")
-            )
-        })?;
+    /// Run (or resume) the plan with its `plugins` (from [`load_plugins`]),
+    /// journaling into `journal`. Errors here are the host's (a journal that
+    /// cannot be written); stage failures are in the result.
+    pub async fn run(
+        &self,
+        plugins: &Plugins,
+        journal: Journal,
+        resume: Resume,
+    ) -> anyhow::Result<RunResult> {
         let mut seen = std::collections::HashSet::new();
         for p in plugins.values().filter(|p| seen.insert(&p.digest)) {
             self.reporter.debug(&format!(
