@@ -325,9 +325,14 @@ impl Drop for Registry {
 pub struct Proxy {
     pub addr: String,
     pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+    /// How many `slow` requests were held at the same time, at most.
+    pub max_overlap: Arc<AtomicUsize>,
 }
 
-/// What the proxy does to the n-th request (1-based).
+/// What the proxy does to the n-th request (1-based): `None` forwards it;
+/// `Some("drop")` closes the connection; `Some("slow")` holds it 150 ms before
+/// forwarding (and counts how many are held at once); any other string is sent
+/// back as the raw response.
 pub type Fault = fn(usize) -> Option<&'static str>;
 
 impl Proxy {
@@ -335,11 +340,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (log, target) = (requests.clone(), target.to_string());
+        let max_overlap = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (log, target, max) = (requests.clone(), target.to_string(), max_overlap.clone());
         std::thread::spawn(move || {
             for (i, client) in listener.incoming().enumerate() {
                 let Ok(mut client) = client else { break };
                 let (log, target) = (log.clone(), target.clone());
+                let (held, max) = (held.clone(), max.clone());
                 std::thread::spawn(move || {
                     let mut head = vec![0u8; 65536];
                     let n = client.read(&mut head).unwrap_or(0);
@@ -351,6 +359,12 @@ impl Proxy {
                     log.lock().unwrap().push(line);
                     match fault(i + 1) {
                         Some("drop") => return,
+                        Some("slow") => {
+                            let now = held.fetch_add(1, Ordering::SeqCst) + 1;
+                            max.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(150));
+                            held.fetch_sub(1, Ordering::SeqCst);
+                        }
                         Some(response) => {
                             let _ = client.write_all(response.as_bytes());
                             return;
@@ -373,7 +387,11 @@ impl Proxy {
                 });
             }
         });
-        Self { addr, requests }
+        Self {
+            addr,
+            requests,
+            max_overlap,
+        }
     }
 
     pub fn requests(&self) -> Vec<String> {

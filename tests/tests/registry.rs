@@ -5,6 +5,7 @@
 use gantry_e2e::{Proxy, Registry, Workspace};
 use serde_json::Value;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 /// A workspace with a small image layout built by the `build` stage, and a push
 /// stage after it configured by `push_with` (a YAML flow mapping body).
@@ -119,11 +120,15 @@ fn an_anonymous_push_is_pulled_and_run_by_docker_and_a_repush_uploads_nothing() 
             .all(|r| !r.starts_with("POST ") && !r.contains("/blobs/uploads")),
         "{new:?}"
     );
+    // The manifest is there by digest, so its blobs are: one HEAD, then the tag.
     assert_eq!(
-        new.iter().filter(|r| r.starts_with("HEAD ")).count(),
-        2,
+        new.iter()
+            .map(|r| r.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        ["HEAD", "PUT"],
         "{new:?}"
     );
+    assert!(new[0].contains("/manifests/sha256:"), "{new:?}");
 }
 
 /// An htpasswd line with a bcrypt hash (cost 4), as docker-registry reads it.
@@ -179,8 +184,9 @@ fn basic_auth_uses_granted_secrets_and_wrong_credentials_are_clear() {
     );
     let out = none.run();
     assert!(
-        out.stage_line("push")
-            .contains("requires credentials: set `username-secret` and `password-secret`"),
+        out.stage_line("push").contains(
+            "requires a username and password: set `username-secret` and `password-secret`"
+        ),
         "{}",
         out.stage_line("push")
     );
@@ -246,7 +252,11 @@ fn a_registry_that_is_down_fails_clearly_and_an_ungranted_host_is_denied() {
     let out = ws.run();
     assert_eq!(out.code, Some(1));
     let line = out.stage_line("push");
-    assert!(line.contains("transient: blob sha256:"), "{line}");
+    assert!(
+        line.contains("transient: checking for the manifest: ")
+            && line.contains("ConnectionRefused"),
+        "{line}"
+    );
     assert!(line.contains("gave up after 2 attempts"), "{line}");
 
     let denied = Workspace::new();
@@ -258,7 +268,12 @@ fn a_registry_that_is_down_fails_clearly_and_an_ungranted_host_is_denied() {
     );
     let out = denied.run();
     let line = out.stage_line("push");
-    assert!(line.contains("denied: blob sha256:"), "{line}");
+    assert!(
+        line.contains(
+            "denied: checking for the manifest: the host denied the request to http://127.0.0.1:9/"
+        ),
+        "{line}"
+    );
     assert!(
         out.stdout
             .contains("grant it with `stages[1].permissions.http: [\"http://127.0.0.1:9\"]`"),
@@ -397,19 +412,80 @@ fn large_blobs_go_in_chunks_and_blobs_are_mounted_across_repositories() {
     );
 }
 
-/// A registry token service, as docker-registry's `auth: token` expects: checks
-/// basic credentials, issues ES256 JWTs carrying the requested access, signed
-/// with a key whose self-signed certificate the registry trusts (x5c header).
+/// A registry token service, as docker-registry's `auth: token` expects, at
+/// ACR's paths: checks basic credentials (`GET /oauth2/token`), implements ACR's
+/// AAD exchange (`POST /oauth2/exchange`, form fields as documented) and the
+/// refresh-token grant (`POST /oauth2/token`); issues ES256 JWTs carrying the
+/// requested access, signed with a key whose self-signed certificate the
+/// registry trusts (x5c header).
 struct TokenServer {
     realm: String,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Request lines, in order.
+    requests: Arc<Mutex<Vec<String>>>,
+    /// The form of each POST: (path, fields in order).
+    forms: Arc<Mutex<Vec<Form>>>,
 }
 
-fn token_server(dir: &std::path::Path, user: &'static str, password: &'static str) -> TokenServer {
+/// A POST's path and its form fields in order.
+type Form = (String, Vec<(String, String)>);
+
+/// What the token server accepts.
+struct Accepts {
+    user: &'static str,
+    password: &'static str,
+    /// The AAD access token and tenant the exchange accepts.
+    aad_token: &'static str,
+    tenant: &'static str,
+    /// A refresh token accepted besides the ones the exchange issues.
+    refresh_token: &'static str,
+}
+
+const ACCEPTS: Accepts = Accepts {
+    user: "ci",
+    password: "tok-pass",
+    aad_token: "aad-eyJ0eXAiOiJKV1Qi.test",
+    tenant: "72f988bf-0000-0000-0000-2d7cd011db47",
+    refresh_token: "static-refresh-token",
+};
+
+/// Read one HTTP/1.1 request: its head and its body (by content-length).
+fn read_request(stream: &mut std::net::TcpStream) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut buf = vec![];
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break buf.len(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    (head, body)
+}
+
+fn token_server(dir: &std::path::Path) -> TokenServer {
     use base64::Engine as _;
     use p256::ecdsa::signature::Signer as _;
     use p256::pkcs8::DecodePrivateKey as _;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let ok = Command::new("openssl")
         .args([
             "req",
@@ -442,42 +518,124 @@ fn token_server(dir: &std::path::Path, user: &'static str, password: &'static st
     let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
     let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let realm = format!("http://{}/token", listener.local_addr().unwrap());
-    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = requests.clone();
+    let realm = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let forms = Arc::new(Mutex::new(Vec::new()));
+    let (log, form_log) = (requests.clone(), forms.clone());
     std::thread::spawn(move || {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let expected = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", ACCEPTS.user, ACCEPTS.password))
         );
+        let mut issued: Vec<String> = vec![ACCEPTS.refresh_token.to_string()];
+        let reply = |stream: &mut std::net::TcpStream, status: &str, body: String| {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        };
+        let unauthorized = |why: &str| {
+            serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": why}]}).to_string()
+        };
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { break };
-            let mut buf = vec![0u8; 16384];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            let line = req.lines().next().unwrap_or("").to_string();
+            let (head, body) = read_request(&mut stream);
+            let line = head.lines().next().unwrap_or("").to_string();
             log.lock().unwrap().push(line.clone());
-            let authorized = req.lines().any(|l| {
-                l.to_ascii_lowercase().starts_with("authorization:") && l[14..].trim() == expected
-            });
-            if !authorized {
-                let _ = stream.write_all(
-                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-                continue;
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+            let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            if line.starts_with("POST ") {
+                let content_type = head.lines().any(|l| {
+                    l.eq_ignore_ascii_case("content-type: application/x-www-form-urlencoded")
+                });
+                form_log
+                    .lock()
+                    .unwrap()
+                    .push((path.to_string(), form.clone()));
+                if !content_type {
+                    reply(
+                        &mut stream,
+                        "400 Bad Request",
+                        unauthorized("form expected"),
+                    );
+                    continue;
+                }
             }
-            let scope = line
-                .split(['?', '&', ' '])
-                .find_map(|p| p.strip_prefix("scope="))
-                .unwrap_or("");
-            let scope = scope
-                .replace("%3A", ":")
-                .replace("%2C", ",")
-                .replace("%2F", "/")
-                .replace("%20", " ");
-            let access: Vec<serde_json::Value> = scope
-                .split(' ')
+            let scopes: Vec<String> = match (line.starts_with("GET "), path) {
+                (true, "/oauth2/token") => {
+                    let authorized = head.lines().any(|l| {
+                        l.to_ascii_lowercase().starts_with("authorization:")
+                            && l[14..].trim() == expected
+                    });
+                    if !authorized {
+                        reply(
+                            &mut stream,
+                            "401 Unauthorized",
+                            unauthorized("bad credentials"),
+                        );
+                        continue;
+                    }
+                    form_urlencoded::parse(query.as_bytes())
+                        .filter(|(k, _)| k == "scope")
+                        .map(|(_, v)| v.into_owned())
+                        .collect()
+                }
+                (false, "/oauth2/exchange") => {
+                    // ACR: grant_type=access_token, service, tenant, access_token.
+                    let ok = field("grant_type") == Some("access_token")
+                        && field("service") == Some("gantry-registry")
+                        && field("tenant") == Some(ACCEPTS.tenant)
+                        && field("access_token") == Some(ACCEPTS.aad_token);
+                    if !ok {
+                        reply(
+                            &mut stream,
+                            "401 Unauthorized",
+                            unauthorized("invalid AAD access token"),
+                        );
+                        continue;
+                    }
+                    let refresh = format!("refresh-{}", issued.len());
+                    issued.push(refresh.clone());
+                    reply(
+                        &mut stream,
+                        "200 OK",
+                        serde_json::json!({"refresh_token": refresh}).to_string(),
+                    );
+                    continue;
+                }
+                (false, "/oauth2/token") => {
+                    let ok = field("grant_type") == Some("refresh_token")
+                        && field("service") == Some("gantry-registry")
+                        && field("refresh_token").is_some_and(|r| issued.iter().any(|i| i == r));
+                    if !ok {
+                        reply(
+                            &mut stream,
+                            "401 Unauthorized",
+                            unauthorized("invalid refresh token"),
+                        );
+                        continue;
+                    }
+                    form.iter()
+                        .filter(|(k, _)| k == "scope")
+                        .map(|(_, v)| v.clone())
+                        .collect()
+                }
+                _ => {
+                    reply(
+                        &mut stream,
+                        "404 Not Found",
+                        unauthorized("no such endpoint"),
+                    );
+                    continue;
+                }
+            };
+            let access: Vec<serde_json::Value> = scopes
+                .iter()
                 .filter_map(|s| {
                     let mut parts = s.splitn(3, ':');
                     let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
@@ -490,7 +648,7 @@ fn token_server(dir: &std::path::Path, user: &'static str, password: &'static st
                 .as_secs();
             let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [der_b64]});
             let claims = serde_json::json!({
-                "iss": "gantry-test", "sub": user, "aud": "gantry-registry",
+                "iss": "gantry-test", "sub": ACCEPTS.user, "aud": "gantry-registry",
                 "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", log.lock().unwrap().len()),
                 "access": access,
             });
@@ -501,33 +659,45 @@ fn token_server(dir: &std::path::Path, user: &'static str, password: &'static st
             );
             let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
             let jwt = format!("{input}.{}", b64.encode(sig.to_bytes()));
-            let body = serde_json::json!({"token": jwt, "expires_in": 300}).to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            // The distribution spec's GET answers `token`; OAuth2's POST `access_token`.
+            let body = if line.starts_with("GET ") {
+                serde_json::json!({"token": jwt, "expires_in": 300})
+            } else {
+                serde_json::json!({"access_token": jwt, "expires_in": 300})
+            };
+            reply(&mut stream, "200 OK", body.to_string());
         }
     });
-    TokenServer { realm, requests }
+    TokenServer {
+        realm,
+        requests,
+        forms,
+    }
 }
 
-#[test]
-fn the_registry_token_flow_fetches_a_token_with_granted_credentials() {
+/// A token server and a registry with `auth: token` trusting it; the token
+/// server's origin, and the `http:` grant (a flow list body) for both.
+fn token_setup() -> (TokenServer, Registry, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = token_server(dir.path(), "ci", "tok-pass");
+    let tokens = token_server(dir.path());
     let auth = format!(
         "auth:\n  token:\n    realm: {}\n    service: gantry-registry\n    issuer: gantry-test\n    rootcertbundle: {}\n",
         tokens.realm,
         dir.path().join("cert.pem").display()
     );
     let registry = Registry::start_in(dir, &auth);
-    let token_origin = tokens.realm.trim_end_matches("/token").to_string();
+    let origin = tokens.realm.trim_end_matches("/oauth2/token").to_string();
+    let grant = format!("http://{}\", \"{origin}", registry.addr);
+    (tokens, registry, origin, grant)
+}
+
+#[test]
+fn the_registry_token_flow_fetches_a_token_with_granted_credentials() {
+    let (tokens, registry, _, grant) = token_setup();
     let with = format!(
         "registry: \"{}\", repository: team/app, tags: [v1, v2], insecure: true, username-secret: user, password-secret: pass, retries: 0",
         registry.addr
     );
-    let grant = format!("http://{}\", \"{token_origin}", registry.addr);
     let ws = Workspace::new()
         .env("REG_USER", "ci")
         .env("REG_PASS", "tok-pass");
@@ -561,4 +731,227 @@ fn the_registry_token_flow_fetches_a_token_with_granted_credentials() {
         "{}",
         out.stage_line("push")
     );
+}
+
+#[test]
+fn the_acr_aad_exchange_trades_a_granted_aad_token_for_registry_tokens() {
+    let (tokens, registry, token_origin, grant) = token_setup();
+    let with = format!(
+        "registry: \"{}\", repository: team/app, tags: [v1], insecure: true, aad-token-secret: aad, tenant: \"{}\", retries: 0",
+        registry.addr, ACCEPTS.tenant
+    );
+    let aad_pipeline = |ws: &Workspace| {
+        pipeline(ws, &with, &grant, ", secrets: [aad]");
+        let yaml = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+        ws.manifest(&yaml.replace(
+            "  user: { env: REG_USER }",
+            "  aad: { env: AAD_TOKEN }\n  user: { env: REG_USER }",
+        ));
+    };
+    let ws = Workspace::new().env("AAD_TOKEN", ACCEPTS.aad_token);
+    aad_pipeline(&ws);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        outputs(&out)["image"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/team/app@sha256:", registry.addr))
+    );
+
+    // Exactly the documented exchange, then one refresh-token grant for the
+    // push's whole scope; the form fields in full.
+    let forms = tokens.forms.lock().unwrap().clone();
+    assert_eq!(forms.len(), 2, "{forms:?}");
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(forms[0].0, "/oauth2/exchange");
+    assert_eq!(
+        forms[0].1,
+        pairs(&[
+            ("grant_type", "access_token"),
+            ("service", "gantry-registry"),
+            ("tenant", ACCEPTS.tenant),
+            ("access_token", ACCEPTS.aad_token),
+        ])
+    );
+    assert_eq!(forms[1].0, "/oauth2/token");
+    assert_eq!(
+        forms[1].1,
+        pairs(&[
+            ("grant_type", "refresh_token"),
+            ("service", "gantry-registry"),
+            ("scope", "repository:team/app:pull,push"),
+            ("refresh_token", "refresh-1"),
+        ])
+    );
+    assert!(!out.all().contains(ACCEPTS.aad_token), "{}", out.all());
+    assert!(!out.all().contains("refresh-1"), "{}", out.all());
+
+    // A stale AAD token: the exchange refuses, and the stage says where.
+    let stale = Workspace::new().env("AAD_TOKEN", "expired-token");
+    aad_pipeline(&stale);
+    let out = stale.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("push");
+    assert!(
+        line.contains(&format!(
+            "token service {token_origin}/oauth2/exchange answered 401: UNAUTHORIZED: invalid AAD access token"
+        )),
+        "{line}"
+    );
+    assert!(!out.all().contains("expired-token"), "{}", out.all());
+}
+
+#[test]
+fn a_granted_refresh_token_is_used_at_the_token_service() {
+    let (tokens, registry, _, grant) = token_setup();
+    let with = format!(
+        "registry: \"{}\", repository: team/app, insecure: true, refresh-token-secret: user, retries: 0",
+        registry.addr
+    );
+    let ws = Workspace::new().env("REG_USER", ACCEPTS.refresh_token);
+    pipeline(&ws, &with, &grant, ", secrets: [user]");
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let forms = tokens.forms.lock().unwrap().clone();
+    assert_eq!(
+        forms.len(),
+        1,
+        "no exchange without an AAD token: {forms:?}"
+    );
+    assert_eq!(forms[0].0, "/oauth2/token");
+    assert!(
+        forms[0]
+            .1
+            .contains(&("refresh_token".into(), ACCEPTS.refresh_token.into())),
+        "{forms:?}"
+    );
+
+    // Two ways of authenticating at once is a configuration error.
+    let both = format!("{with}, username-secret: user, password-secret: pass");
+    // (Secret values long enough not to be redacted out of the message.)
+    let ws = Workspace::new()
+        .env("REG_USER", "some-user")
+        .env("REG_PASS", "some-password");
+    pipeline(&ws, &both, &grant, ", secrets: [user, pass]");
+    let out = ws.run();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stage_line("push").contains("use one of `username-secret`/`password-secret`, `aad-token-secret` or `refresh-token-secret`"),
+        "{}",
+        out.stage_line("push")
+    );
+}
+
+#[test]
+fn blobs_upload_concurrently_up_to_the_configured_bound() {
+    let registry = Registry::start(None);
+    // Every request is held 150 ms: requests of concurrent uploads overlap there.
+    let proxy = Proxy::start(&registry.addr, |_| Some("slow"));
+    let ws = Workspace::new();
+    for f in ["a", "b", "c", "d"] {
+        ws.write(&format!("data/{f}"), format!("layer {f}"));
+    }
+    ws.manifest(&format!(
+        r#"pipeline: layers
+stages:
+  - {{ name: l1, uses: build, with: {{ image: {{ ref: "l:1", output: out/l1, files: [{{ from: data/a, to: /a }}] }} }}, permissions: {{ workspace: write }} }}
+  - {{ name: l2, uses: build, needs: [l1], with: {{ image: {{ ref: "l:2", output: out/l2, base: out/l1, files: [{{ from: data/b, to: /b }}] }} }}, permissions: {{ workspace: write }} }}
+  - {{ name: l3, uses: build, needs: [l2], with: {{ image: {{ ref: "l:3", output: out/l3, base: out/l2, files: [{{ from: data/c, to: /c }}] }} }}, permissions: {{ workspace: write }} }}
+  - {{ name: l4, uses: build, needs: [l3], with: {{ image: {{ ref: "l:4", output: out/l4, base: out/l3, files: [{{ from: data/d, to: /d }}] }} }}, permissions: {{ workspace: write }} }}
+  - name: push
+    uses: registry
+    needs: [l4]
+    with: {{ registry: "{0}", repository: many/layers, insecure: true, concurrency: 2 }}
+    permissions: {{ http: ["http://{0}"] }}
+"#,
+        proxy.addr
+    ));
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // Four layers and the config.
+    assert_eq!(outputs(&out)["blobs-uploaded"], "5");
+    assert_eq!(
+        proxy.max_overlap.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "two uploads at a time, never more: {:?}",
+        proxy.requests()
+    );
+    let pulled = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{}/many/layers:latest", registry.addr))
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let layers: Value = serde_json::from_slice(&pulled.stdout).unwrap();
+    assert_eq!(layers["Layers"].as_array().unwrap().len(), 4);
+}
+
+/// Against a real Azure Container Registry, when one is configured:
+/// `GANTRY_TEST_ACR` (login server, e.g. `myreg.azurecr.io`) and either
+/// `ACR_USERNAME` + `ACR_PASSWORD` (admin user or service principal) or
+/// `ACR_AAD_TOKEN` (e.g. `az account get-access-token --scope
+/// https://containerregistry.azure.net/.default --query accessToken -o tsv`).
+#[test]
+fn pushes_to_a_real_acr_when_credentials_are_present() {
+    let Ok(acr) = std::env::var("GANTRY_TEST_ACR") else {
+        eprintln!(
+            "skipped: set GANTRY_TEST_ACR and ACR_USERNAME/ACR_PASSWORD or ACR_AAD_TOKEN to push to a real ACR"
+        );
+        return;
+    };
+    let mut ws = Workspace::new();
+    let (auth, grant) = match (
+        std::env::var("ACR_USERNAME"),
+        std::env::var("ACR_PASSWORD"),
+        std::env::var("ACR_AAD_TOKEN"),
+    ) {
+        (Ok(user), Ok(password), _) => {
+            ws = ws.env("REG_USER", &user).env("REG_PASS", &password);
+            (
+                "username-secret: user, password-secret: pass",
+                ", secrets: [user, pass]",
+            )
+        }
+        (_, _, Ok(token)) => {
+            // The AAD token travels as REG_PASS; `aad-token-secret` names it.
+            ws = ws.env("REG_PASS", &token);
+            ("aad-token-secret: pass", ", secrets: [pass]")
+        }
+        _ => {
+            panic!("GANTRY_TEST_ACR is set but neither ACR_USERNAME/ACR_PASSWORD nor ACR_AAD_TOKEN")
+        }
+    };
+    let tag = format!(
+        "gantry-test-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+    pipeline(
+        &ws,
+        &format!("registry: \"{acr}\", repository: gantry/e2e, tags: [{tag}], {auth}"),
+        &format!("https://{acr}"),
+        grant,
+    );
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let image = outputs(&out)["image"].as_str().unwrap().to_string();
+    assert!(
+        image.starts_with(&format!("{acr}/gantry/e2e@sha256:")),
+        "{image}"
+    );
+    // A re-push finds every blob in place.
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(outputs(&out)["blobs-uploaded"], "0");
 }

@@ -1,9 +1,11 @@
-//! A small blocking HTTP client over wasi:http/outgoing-handler: what the OCI
-//! distribution protocol needs (methods, headers, a body, the response).
+//! A small async HTTP client over wasi:http/outgoing-handler, on wstd's
+//! reactor so that several requests (blob uploads) can be in flight at once:
+//! what the OCI distribution protocol needs (methods, headers, a body, the
+//! whole response).
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
-use wasip2::io::streams::StreamError;
+use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable};
 
 pub struct Response {
     pub status: u16,
@@ -76,35 +78,26 @@ fn code(e: &ErrorCode, url: &str) -> Error {
     }
 }
 
-fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
+async fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
     if body.is_empty() {
         return Ok(());
     }
-    let stream = out
-        .write()
-        .map_err(|()| Error::Invalid(format!("body stream of {url}")))?;
-    let mut rest = body;
-    while !rest.is_empty() {
-        stream.subscribe().block();
-        let permit = stream
-            .check_write()
-            .map_err(|e| Error::Transport(format!("{url}: writing the body: {e:?}")))?;
-        let n = (permit as usize).min(rest.len());
-        if n == 0 {
-            continue;
-        }
-        stream
-            .write(&rest[..n])
-            .map_err(|e| Error::Transport(format!("{url}: writing the body: {e:?}")))?;
-        rest = &rest[n..];
-    }
+    let stream = AsyncOutputStream::new(
+        out.write()
+            .map_err(|()| Error::Invalid(format!("body stream of {url}")))?,
+    );
     stream
-        .blocking_flush()
-        .map_err(|e| Error::Transport(format!("{url}: flushing the body: {e:?}")))
+        .write_all(body)
+        .await
+        .map_err(|e| Error::Transport(format!("{url}: writing the body: {e}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|e| Error::Transport(format!("{url}: flushing the body: {e}")))
 }
 
 /// Send one request and read the whole response.
-pub fn send(
+pub async fn send(
     verb: &str,
     url: &str,
     headers: &[(&str, String)],
@@ -132,9 +125,9 @@ pub fn send(
     let future = outgoing_handler::handle(req, None).map_err(|e| code(&e, url))?;
     // A refused request (not granted, connection refused) shows up as a closed
     // body stream first; the response future then says why, so it takes precedence.
-    let written = write_body(&out_body, body, url);
+    let written = write_body(&out_body, body, url).await;
     let finished = OutgoingBody::finish(out_body, None).map_err(|e| code(&e, url));
-    future.subscribe().block();
+    AsyncPollable::new(future.subscribe()).wait_for().await;
     let response = future
         .get()
         .ok_or_else(|| Error::Transport(format!("{url}: no response")))?
@@ -154,16 +147,19 @@ pub fn send(
         let incoming = response
             .consume()
             .map_err(|()| Error::Transport(format!("{url}: no body")))?;
-        let stream = incoming
-            .stream()
-            .map_err(|()| Error::Transport(format!("{url}: no body stream")))?;
+        let stream = AsyncInputStream::new(
+            incoming
+                .stream()
+                .map_err(|()| Error::Transport(format!("{url}: no body stream")))?,
+        );
+        let mut buf = vec![0u8; 64 << 10];
         loop {
-            match stream.blocking_read(1 << 20) {
-                Ok(chunk) => bytes.extend(chunk),
-                Err(StreamError::Closed) => break,
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
                 Err(e) => {
                     return Err(Error::Transport(format!(
-                        "{url}: reading the response: {e:?}"
+                        "{url}: reading the response: {e}"
                     )));
                 }
             }

@@ -12,9 +12,10 @@ use base64::Engine as _;
 use gantry_sdk::{Artifact, CapabilityKind, Guest, Outcome, StageContext, StageError, StageInfo};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -55,6 +56,24 @@ struct Config {
     /// A repository on the same registry to mount existing blobs from.
     #[serde(default)]
     mount_from: Option<String>,
+    /// Secret holding an Azure AD access token, exchanged at the registry's
+    /// `/oauth2/exchange` for a refresh token (ACR).
+    #[serde(default)]
+    aad_token_secret: Option<String>,
+    /// The Azure AD tenant of that token, sent with the exchange.
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Secret holding a registry refresh token, used at the token service with
+    /// `grant_type=refresh_token` (e.g. an ACR refresh token).
+    #[serde(default)]
+    refresh_token_secret: Option<String>,
+    /// How many blobs are uploaded at the same time.
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 fn default_chunk() -> u64 {
@@ -84,7 +103,11 @@ const SCHEMA: &str = r#"{
     "retries": {"type": "integer", "minimum": 0, "maximum": 20},
     "destination": {"type": "string", "description": "for provider: layout, the destination layout directory"},
     "chunk-size": {"type": "integer", "minimum": 1024, "description": "blobs above this size are uploaded in PATCH chunks of this size"},
-    "mount-from": {"type": "string", "description": "repository on the same registry to mount blobs from"}
+    "mount-from": {"type": "string", "description": "repository on the same registry to mount blobs from"},
+    "aad-token-secret": {"type": "string", "description": "secret holding an Azure AD access token, exchanged for an ACR refresh token"},
+    "tenant": {"type": "string", "description": "Azure AD tenant of the aad-token-secret token"},
+    "refresh-token-secret": {"type": "string", "description": "secret holding a registry refresh token"},
+    "concurrency": {"type": "integer", "minimum": 1, "maximum": 16, "description": "blobs uploaded at the same time (default 4)"}
   }
 }"#;
 
@@ -158,17 +181,35 @@ impl Image {
 }
 
 /// A registry session: base URL, credentials, cached tokens, retries.
+/// Blobs are pushed concurrently on one thread (wstd's reactor), so the
+/// mutable parts are cells.
 struct Registry {
     base: String,
     registry: String,
     repository: String,
-    credentials: Option<(String, String)>,
-    /// Authorization header value per scope, once known.
-    auth: HashMap<String, String>,
+    credentials: Credentials,
+    /// Authorization header value per scope, and when it expires.
+    auth: RefCell<HashMap<String, (String, Option<Instant>)>>,
+    /// A refresh token, given or obtained by the AAD exchange.
+    refresh_token: RefCell<Option<String>>,
     retries: u32,
-    requests: u64,
+    requests: Cell<u64>,
     chunk_size: u64,
     mount_from: Option<String>,
+}
+
+/// What the registry's challenges are answered with; only from granted secrets.
+enum Credentials {
+    Anonymous,
+    /// Username and password: basic auth, or the token service with basic auth.
+    Basic(String, String),
+    /// An Azure AD access token to exchange for an ACR refresh token.
+    Aad {
+        token: String,
+        tenant: Option<String>,
+    },
+    /// A refresh token for the token service.
+    Refresh,
 }
 
 /// How a blob reached the registry.
@@ -215,15 +256,21 @@ fn registry_error(body: &[u8]) -> String {
 }
 
 impl Registry {
-    fn scope(&self, action: &str) -> String {
-        format!("repository:{}:{action}", self.repository)
+    /// Everything a push needs, as one token scope: pull and push on the
+    /// repository, and pull on `mount-from`'s.
+    fn push_scope(&self) -> String {
+        let own = format!("repository:{}:pull,push", self.repository);
+        match &self.mount_from {
+            Some(from) => format!("{own} repository:{from}:pull"),
+            None => own,
+        }
     }
 
     /// One request with auth (answering a 401 challenge once) and retries of
     /// 429, 5xx and connection errors with exponential backoff, honouring
     /// Retry-After.
-    fn request(
-        &mut self,
+    async fn request(
+        &self,
         verb: &str,
         url: &str,
         extra: &[(&str, String)],
@@ -234,11 +281,11 @@ impl Registry {
         let mut answered_challenge = false;
         loop {
             let mut headers: Vec<(&str, String)> = extra.to_vec();
-            if let Some(a) = self.auth.get(scope) {
-                headers.push(("authorization", a.clone()));
+            if let Some(a) = self.authorization(scope) {
+                headers.push(("authorization", a));
             }
-            self.requests += 1;
-            let result = http::send(verb, url, &headers, body);
+            self.requests.set(self.requests.get() + 1);
+            let result = http::send(verb, url, &headers, body).await;
             let retry_after = match &result {
                 Err(http::Error::Denied(m)) => return Err(StageError::Denied(m.clone())),
                 Err(http::Error::Invalid(m)) => return Err(StageError::InvalidConfig(m.clone())),
@@ -246,7 +293,7 @@ impl Registry {
                 Ok(r) if r.status == 401 && !answered_challenge => {
                     answered_challenge = true;
                     let header = r.header("www-authenticate").unwrap_or("").to_string();
-                    self.authenticate(&header, scope)?;
+                    self.authenticate(&header, scope).await?;
                     continue;
                 }
                 Ok(r) if r.status == 401 => {
@@ -287,72 +334,109 @@ impl Registry {
                         "{why}; retry {attempt} of {} in {delay:?}",
                         self.retries
                     ));
-                    std::thread::sleep(delay);
+                    wstd::task::sleep(delay.into()).await;
                 }
             }
         }
     }
 
-    /// Answer a `WWW-Authenticate` challenge: basic credentials, or a token from
-    /// the realm the registry names.
-    fn authenticate(&mut self, header: &str, scope: &str) -> Result<(), StageError> {
-        let (scheme, params) = challenge(header);
-        let basic = self.credentials.as_ref().map(|(u, p)| {
-            format!(
+    /// The cached Authorization value for `scope`, unless it expired (then the
+    /// registry's 401 gets a fresh one).
+    fn authorization(&self, scope: &str) -> Option<String> {
+        let auth = self.auth.borrow();
+        let (value, expires) = auth.get(scope)?;
+        match expires {
+            Some(at) if Instant::now() >= *at => None,
+            _ => Some(value.clone()),
+        }
+    }
+
+    fn basic(&self) -> Option<String> {
+        match &self.credentials {
+            Credentials::Basic(u, p) => Some(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            )
-        });
+            )),
+            _ => None,
+        }
+    }
+
+    /// Answer a `WWW-Authenticate` challenge: basic credentials, or a token from
+    /// the realm the registry names (with basic credentials, a refresh token, or
+    /// a refresh token from the ACR AAD exchange).
+    async fn authenticate(&self, header: &str, scope: &str) -> Result<(), StageError> {
+        let (scheme, params) = challenge(header);
         match scheme.as_str() {
             "basic" => {
-                let basic = basic.ok_or_else(|| {
+                let basic = self.basic().ok_or_else(|| {
                     StageError::Failed(format!(
-                        "{} requires credentials: set `username-secret` and `password-secret`",
+                        "{} requires a username and password: set `username-secret` and `password-secret`",
                         self.registry
                     ))
                 })?;
-                self.auth.insert(scope.to_string(), basic);
+                self.auth
+                    .borrow_mut()
+                    .insert(scope.to_string(), (basic, None));
                 Ok(())
             }
             "bearer" => {
                 let realm = params.get("realm").ok_or_else(|| {
                     failed(format!("{}: bearer challenge without realm", self.registry))
                 })?;
-                let mut url = realm.clone();
-                let mut sep = if url.contains('?') { '&' } else { '?' };
+                let service = params.get("service").cloned().unwrap_or_default();
+                if let Credentials::Aad { token, tenant } = &self.credentials
+                    && self.refresh_token.borrow().is_none()
+                {
+                    let refresh = self.exchange(realm, &service, token, tenant).await?;
+                    *self.refresh_token.borrow_mut() = Some(refresh);
+                }
                 // Ask for everything this push needs (the challenge to a HEAD
                 // names only `pull`), one `scope` parameter per repository, so
                 // that one token serves every request.
-                let service = params.get("service").cloned().unwrap_or_default();
-                let pairs = std::iter::once(("service", service.as_str()))
-                    .chain(scope.split(' ').map(|s| ("scope", s)))
-                    .filter(|(_, v)| !v.is_empty());
-                for (key, value) in pairs {
-                    url.push_str(&format!("{sep}{key}={}", percent(value)));
-                    sep = '&';
-                }
-                let headers: Vec<(&str, String)> =
-                    basic.into_iter().map(|b| ("authorization", b)).collect();
-                self.requests += 1;
-                let r = http::send("GET", &url, &headers, &[]).map_err(|e| match e {
-                    http::Error::Denied(m) => StageError::Denied(format!("token service: {m}")),
-                    other => StageError::Transient(format!("token service: {other}")),
-                })?;
-                if r.status != 200 {
-                    return Err(failed(format!(
-                        "token service {realm} answered {}: {}",
-                        r.status,
-                        registry_error(&r.body)
-                    )));
-                }
-                let v: serde_json::Value = serde_json::from_slice(&r.body)
-                    .map_err(|e| failed(format!("token service: {e}")))?;
-                let token = v["token"]
+                let scopes = scope.split(' ').filter(|s| !s.is_empty());
+                let refresh = self.refresh_token.borrow().clone();
+                let response = match refresh {
+                    // OAuth2 form post (the distribution spec's token endpoint,
+                    // and ACR's `/oauth2/token`).
+                    Some(refresh) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token"),
+                            ("service", service.as_str()),
+                        ];
+                        form.extend(scopes.map(|s| ("scope", s)));
+                        form.push(("refresh_token", refresh.as_str()));
+                        self.token_request("POST", realm, &[], &encode_form(&form))
+                            .await?
+                    }
+                    None => {
+                        let mut url = realm.clone();
+                        let mut sep = if url.contains('?') { '&' } else { '?' };
+                        let pairs = std::iter::once(("service", service.as_str()))
+                            .chain(scopes.map(|s| ("scope", s)))
+                            .filter(|(_, v)| !v.is_empty());
+                        for (key, value) in pairs {
+                            url.push_str(&format!("{sep}{key}={}", percent(value)));
+                            sep = '&';
+                        }
+                        let headers: Vec<(&str, String)> = self
+                            .basic()
+                            .into_iter()
+                            .map(|b| ("authorization", b))
+                            .collect();
+                        self.token_request("GET", &url, &headers, "").await?
+                    }
+                };
+                let token = response["token"]
                     .as_str()
-                    .or(v["access_token"].as_str())
-                    .ok_or_else(|| failed("token service returned no token"))?;
-                self.auth
-                    .insert(scope.to_string(), format!("Bearer {token}"));
+                    .or(response["access_token"].as_str())
+                    .ok_or_else(|| failed(format!("token service {realm} returned no token")))?;
+                // Renew a little early; the spec's default lifetime is 60 s.
+                let lifetime = response["expires_in"].as_u64().unwrap_or(60).max(10);
+                let expires = Instant::now() + Duration::from_secs(lifetime - 5);
+                self.auth.borrow_mut().insert(
+                    scope.to_string(),
+                    (format!("Bearer {token}"), Some(expires)),
+                );
                 Ok(())
             }
             _ => Err(failed(format!(
@@ -360,6 +444,74 @@ impl Registry {
                 self.registry
             ))),
         }
+    }
+
+    /// ACR's AAD exchange: an Azure AD access token for a registry refresh
+    /// token, at `/oauth2/exchange` next to the token realm.
+    async fn exchange(
+        &self,
+        realm: &str,
+        service: &str,
+        aad_token: &str,
+        tenant: &Option<String>,
+    ) -> Result<String, StageError> {
+        let url = match realm.strip_suffix("/oauth2/token") {
+            Some(base) => format!("{base}/oauth2/exchange"),
+            None => format!("{}/oauth2/exchange", self.base),
+        };
+        let mut form = vec![("grant_type", "access_token"), ("service", service)];
+        if let Some(t) = tenant {
+            form.push(("tenant", t.as_str()));
+        }
+        form.push(("access_token", aad_token));
+        let v = self
+            .token_request("POST", &url, &[], &encode_form(&form))
+            .await?;
+        v["refresh_token"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| {
+                failed(format!(
+                    "the AAD exchange at {url} returned no refresh_token"
+                ))
+            })
+    }
+
+    /// One request to a token service; its JSON answer.
+    async fn token_request(
+        &self,
+        verb: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        form: &str,
+    ) -> Result<serde_json::Value, StageError> {
+        let mut headers = headers.to_vec();
+        if verb == "POST" {
+            headers.push((
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ));
+        }
+        self.requests.set(self.requests.get() + 1);
+        // Never print the URL's query or the form: they may carry tokens.
+        let shown = url.split('?').next().unwrap_or(url);
+        let r = http::send(verb, url, &headers, form.as_bytes())
+            .await
+            .map_err(|e| match e {
+                http::Error::Denied(_) => StageError::Denied(format!(
+                    "token service: the host denied the request to {shown}"
+                )),
+                other => StageError::Transient(format!("token service {shown}: {other}")),
+            })?;
+        if r.status != 200 {
+            return Err(failed(format!(
+                "token service {shown} answered {}: {}",
+                r.status,
+                registry_error(&r.body)
+            )));
+        }
+        serde_json::from_slice(&r.body)
+            .map_err(|e| failed(format!("token service {shown}: not JSON: {e}")))
     }
 
     /// Make a `Location` header absolute.
@@ -373,13 +525,10 @@ impl Registry {
 
     /// Upload one blob unless the registry has it, or mount it from
     /// `mount_from`; small blobs in one PUT, large ones in PATCH chunks.
-    fn push_blob(&mut self, image: &Image, digest: &str) -> Result<Sent, StageError> {
-        let scope = match &self.mount_from {
-            Some(from) => format!("{} repository:{from}:pull", self.scope("pull,push")),
-            None => self.scope("pull,push"),
-        };
+    async fn push_blob(&self, image: &Image, digest: &str) -> Result<Sent, StageError> {
+        let scope = self.push_scope();
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
-        let head = self.request("HEAD", &url, &[], &[], &scope)?;
+        let head = self.request("HEAD", &url, &[], &[], &scope).await?;
         if head.status == 200 {
             return Ok(Sent::Existed);
         }
@@ -387,7 +536,7 @@ impl Registry {
         if let Some(from) = &self.mount_from {
             start_url.push_str(&format!("?mount={digest}&from={}", percent(from)));
         }
-        let start = self.request("POST", &start_url, &[], &[], &scope)?;
+        let start = self.request("POST", &start_url, &[], &[], &scope).await?;
         if start.status == 201 {
             return Ok(Sent::Mounted);
         }
@@ -414,16 +563,18 @@ impl Registry {
             let mut offset = 0;
             for chunk in bytes.chunks(size) {
                 let end = offset + chunk.len() - 1;
-                let r = self.request(
-                    "PATCH",
-                    &location,
-                    &[
-                        ("content-type", "application/octet-stream".into()),
-                        ("content-range", format!("{offset}-{end}")),
-                    ],
-                    chunk,
-                    &scope,
-                )?;
+                let r = self
+                    .request(
+                        "PATCH",
+                        &location,
+                        &[
+                            ("content-type", "application/octet-stream".into()),
+                            ("content-range", format!("{offset}-{end}")),
+                        ],
+                        chunk,
+                        &scope,
+                    )
+                    .await?;
                 if r.status != 202 {
                     return Err(failed(format!(
                         "uploading bytes {offset}-{end}: {} {}",
@@ -440,13 +591,15 @@ impl Registry {
             body = &[];
         }
         let sep = if location.contains('?') { '&' } else { '?' };
-        let put = self.request(
-            "PUT",
-            &format!("{location}{sep}digest={digest}"),
-            &[("content-type", "application/octet-stream".into())],
-            body,
-            &scope,
-        )?;
+        let put = self
+            .request(
+                "PUT",
+                &format!("{location}{sep}digest={digest}"),
+                &[("content-type", "application/octet-stream".into())],
+                body,
+                &scope,
+            )
+            .await?;
         if put.status != 201 {
             return Err(failed(format!(
                 "finishing the upload: {} {}",
@@ -457,16 +610,38 @@ impl Registry {
         Ok(Sent::Uploaded)
     }
 
-    fn push_manifest(&mut self, image: &Image, reference: &str) -> Result<(), StageError> {
-        let scope = self.scope("pull,push");
+    /// Whether the repository holds the image's manifest (by digest).
+    async fn has_manifest(&self, image: &Image) -> Result<bool, StageError> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, self.repository, image.digest
+        );
+        let scope = self.push_scope();
+        let r = self
+            .request(
+                "HEAD",
+                &url,
+                &[("accept", image.media_type.clone())],
+                &[],
+                &scope,
+            )
+            .await
+            .map_err(|e| prefix(e, "checking for the manifest"))?;
+        Ok(r.status == 200)
+    }
+
+    async fn push_manifest(&self, image: &Image, reference: &str) -> Result<(), StageError> {
+        let scope = self.push_scope();
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repository);
-        let r = self.request(
-            "PUT",
-            &url,
-            &[("content-type", image.media_type.clone())],
-            &image.manifest,
-            &scope,
-        )?;
+        let r = self
+            .request(
+                "PUT",
+                &url,
+                &[("content-type", image.media_type.clone())],
+                &image.manifest,
+                &scope,
+            )
+            .await?;
         if r.status != 201 {
             return Err(failed(format!(
                 "pushing the manifest as `{reference}`: {} {}",
@@ -484,6 +659,15 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// `application/x-www-form-urlencoded`, keys in the given order.
+fn encode_form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", percent(k), percent(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn percent(s: &str) -> String {
@@ -557,6 +741,104 @@ fn push_to_layout(image: &Image, dest: &Path, tags: &[String]) -> Result<usize, 
     Ok(copied)
 }
 
+/// Where credentials come from: granted secrets only, one way at a time.
+fn credentials(cfg: &Config) -> Result<Credentials, StageError> {
+    let basic = (secret(&cfg.username_secret)?, secret(&cfg.password_secret)?);
+    let aad = secret(&cfg.aad_token_secret)?;
+    let ways = [
+        basic.0.is_some() || basic.1.is_some(),
+        aad.is_some(),
+        cfg.refresh_token_secret.is_some(),
+    ];
+    if ways.iter().filter(|w| **w).count() > 1 {
+        return Err(StageError::InvalidConfig(
+            "use one of `username-secret`/`password-secret`, `aad-token-secret` or `refresh-token-secret`".into(),
+        ));
+    }
+    if cfg.tenant.is_some() && aad.is_none() {
+        return Err(StageError::InvalidConfig(
+            "`tenant` goes with `aad-token-secret`".into(),
+        ));
+    }
+    Ok(match (basic, aad) {
+        ((Some(u), Some(p)), _) => Credentials::Basic(u, p),
+        ((Some(_), None) | (None, Some(_)), _) => {
+            return Err(StageError::InvalidConfig(
+                "set both `username-secret` and `password-secret`, or neither".into(),
+            ));
+        }
+        (_, Some(token)) => Credentials::Aad {
+            token,
+            tenant: cfg.tenant.clone(),
+        },
+        _ if cfg.refresh_token_secret.is_some() => Credentials::Refresh,
+        _ => Credentials::Anonymous,
+    })
+}
+
+/// Push every blob (up to `concurrency` at once), then the manifest under each
+/// tag. Returns (blobs uploaded, blobs mounted, bytes uploaded).
+async fn push(
+    reg: &Registry,
+    image: &Image,
+    tags: &[String],
+    concurrency: usize,
+) -> Result<(u64, u64, u64), StageError> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
+    let total = image.blobs.len() as u64;
+    let done = Cell::new(0u64);
+    let (mut uploaded, mut mounted, mut bytes) = (0u64, 0u64, 0u64);
+    let one = |(digest, size): &(String, u64)| {
+        let done = &done;
+        let (digest, size) = (digest.clone(), *size);
+        async move {
+            let sent = reg
+                .push_blob(image, &digest)
+                .await
+                .map_err(|e| prefix(e, &format!("blob {digest}")))?;
+            done.set(done.get() + 1);
+            gantry_sdk::log::progress(done.get(), Some(total), &format!("blob {digest}"));
+            Ok::<_, StageError>((sent, size))
+        }
+    };
+    // A manifest the repository already has by digest has all its blobs there
+    // too (the registry checked them when it was pushed): only the tags remain.
+    // That makes an unchanged re-push one HEAD plus a PUT per tag.
+    if reg.has_manifest(image).await? {
+        for tag in tags {
+            reg.push_manifest(image, tag).await?;
+        }
+        return Ok((0, 0, 0));
+    }
+    let mut blobs = image.blobs.iter();
+    // The first blob alone: its challenge fetches the token every other
+    // request then reuses, instead of each concurrent upload fetching one.
+    let first: Vec<_> = blobs.next().into_iter().collect();
+    let mut results = vec![];
+    for blob in first {
+        results.push(one(blob).await?);
+    }
+    let rest: Vec<_> = futures_util::stream::iter(blobs.map(one))
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await?;
+    results.extend(rest);
+    for (sent, size) in results {
+        match sent {
+            Sent::Uploaded => {
+                uploaded += 1;
+                bytes += size;
+            }
+            Sent::Mounted => mounted += 1,
+            Sent::Existed => {}
+        }
+    }
+    for tag in tags {
+        reg.push_manifest(image, tag).await?;
+    }
+    Ok((uploaded, mounted, bytes))
+}
+
 struct Push;
 
 impl Guest for Push {
@@ -564,11 +846,11 @@ impl Guest for Push {
         StageInfo {
             name: "registry".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Pushes an OCI image layout to an OCI registry (anonymous, basic or token auth; existing blobs skipped; retries) or into a local OCI layout.".into(),
+            description: "Pushes an OCI image layout to an OCI registry (anonymous, basic, token, refresh-token or ACR AAD-exchange auth; existing blobs skipped; concurrent uploads; retries) or into a local OCI layout.".into(),
             config_schema: SCHEMA.into(),
             capabilities: vec![
                 gantry_sdk::Capability { kind: CapabilityKind::Http, target: None, reason: "the registry's origin, and its token service".into() },
-                gantry_sdk::Capability { kind: CapabilityKind::Secret, target: None, reason: "`username-secret` and `password-secret`, when the registry needs credentials".into() },
+                gantry_sdk::Capability { kind: CapabilityKind::Secret, target: None, reason: "`username-secret` + `password-secret`, `refresh-token-secret` or `aad-token-secret`, when the registry needs credentials".into() },
             ],
         }
     }
@@ -621,16 +903,8 @@ impl Guest for Push {
             .repository
             .clone()
             .ok_or_else(|| StageError::InvalidConfig("`repository` is required".into()))?;
-        let credentials = match (secret(&cfg.username_secret)?, secret(&cfg.password_secret)?) {
-            (Some(u), Some(p)) => Some((u, p)),
-            (None, None) => None,
-            _ => {
-                return Err(StageError::InvalidConfig(
-                    "set both `username-secret` and `password-secret`, or neither".into(),
-                ));
-            }
-        };
-        let mut reg = Registry {
+        let credentials = credentials(&cfg)?;
+        let reg = Registry {
             base: format!(
                 "{}://{registry}",
                 if cfg.insecure { "http" } else { "https" }
@@ -638,38 +912,22 @@ impl Guest for Push {
             registry: registry.clone(),
             repository: repository.clone(),
             credentials,
-            auth: HashMap::new(),
+            auth: RefCell::new(HashMap::new()),
+            refresh_token: RefCell::new(secret(&cfg.refresh_token_secret)?),
             retries: cfg.retries,
-            requests: 0,
+            requests: Cell::new(0),
             chunk_size: cfg.chunk_size,
             mount_from: cfg.mount_from.clone(),
         };
+        let (uploaded, mounted, bytes) =
+            wstd::runtime::block_on(push(&reg, &image, &tags, cfg.concurrency.max(1)))?;
         let total = image.blobs.len() as u64;
-        let (mut uploaded, mut mounted, mut bytes) = (0u64, 0u64, 0u64);
-        for (i, (digest, size)) in image.blobs.iter().enumerate() {
-            gantry_sdk::log::progress(i as u64, Some(total), &format!("blob {digest}"));
-            match reg
-                .push_blob(&image, digest)
-                .map_err(|e| prefix(e, &format!("blob {digest}")))?
-            {
-                Sent::Uploaded => {
-                    uploaded += 1;
-                    bytes += size;
-                }
-                Sent::Mounted => mounted += 1,
-                Sent::Existed => {}
-            }
-        }
-        gantry_sdk::log::progress(total, Some(total), "blobs done");
-        for tag in &tags {
-            reg.push_manifest(&image, tag)?;
-        }
         let pinned = format!("{registry}/{repository}@{}", image.digest);
         gantry_sdk::telemetry::metric("registry.bytes-uploaded", bytes as f64, &[]);
         gantry_sdk::info(format!(
             "pushed {pinned}: {uploaded} of {total} blob(s) uploaded ({bytes} bytes), {mounted} mounted, {} skipped, {} request(s)",
             total - uploaded - mounted,
-            reg.requests
+            reg.requests.get()
         ));
         Ok(Outcome {
             artifacts: vec![Artifact {
