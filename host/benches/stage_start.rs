@@ -88,6 +88,9 @@ async fn warm_start(wasm: &Path, pooling: bool) -> Stats {
             environment: "bench".into(),
         },
         run_dir: None,
+        cluster: std::sync::Arc::new(gantry::capabilities::cluster::kube::Connection::new(
+            None, "bench",
+        )),
     };
     let context = StageContext {
         run_id: "bench".into(),

@@ -652,6 +652,9 @@ fn bare_context() -> InstanceContext {
         secrets: Default::default(),
         collector: Default::default(),
         run_dir: None,
+        cluster: std::sync::Arc::new(crate::capabilities::cluster::kube::Connection::new(
+            None, "",
+        )),
         base: crate::capabilities::telemetry::EventBase {
             run_id: String::new(),
             pipeline: String::new(),

@@ -43,6 +43,10 @@ pub struct Manifest {
     /// Telemetry sinks that receive the run's events.
     #[serde(default)]
     pub telemetry: Vec<Sink>,
+    /// The Kubernetes cluster that stages granted `permissions.cluster` talk to;
+    /// environments may name another.
+    #[serde(default)]
+    pub cluster: Option<ClusterTarget>,
     /// Named overlays: per environment, change stages' config or provider,
     /// variables, secret sources and telemetry sinks.
     #[serde(default)]
@@ -73,6 +77,23 @@ pub struct Environment {
     /// Replaces the top-level telemetry sinks.
     #[serde(default)]
     pub telemetry: Option<Vec<Sink>>,
+    /// Replaces the top-level cluster.
+    #[serde(default)]
+    pub cluster: Option<ClusterTarget>,
+}
+
+/// A Kubernetes cluster: a kubeconfig and one of its contexts. Its credentials
+/// (tokens, client certificates, exec plugins such as kubelogin for AKS) are used
+/// by the host only; stages see the namespaces they are granted, nothing else.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTarget {
+    /// Path of the kubeconfig file, relative to the manifest. `~/` is the home
+    /// directory.
+    pub kubeconfig: String,
+    /// The context to use; the kubeconfig's `current-context` when absent.
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 /// What an environment changes in one stage. `with` is merged into the stage's

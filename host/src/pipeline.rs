@@ -6,6 +6,7 @@
 //! events go to the telemetry sinks.
 
 use crate::capabilities::Subject;
+use crate::capabilities::cluster::kube::Connection;
 use crate::capabilities::secrets::SecretStore;
 use crate::capabilities::telemetry::{Collector, EventBase, now_ms};
 use crate::expr::{self, Ref};
@@ -246,6 +247,10 @@ impl Pipeline<'_> {
             collector: Collector::default(),
             base: base.clone(),
             run_dir: Some(journal.dir().to_path_buf()),
+            cluster: Arc::new(Connection::new(
+                self.plan.cluster.clone(),
+                &self.plan.environment,
+            )),
         };
         let dir = journal.dir().to_path_buf();
         let journal = Mutex::new(journal);

@@ -7,8 +7,8 @@
 use crate::capabilities::Grants;
 use crate::expr::{self, Expr, Ref};
 use crate::manifest::{
-    Environment, Limits as LimitsSpec, ManifestError, ManifestErrors, ManifestFile, Permissions,
-    SecretSource, Sink, closest,
+    ClusterTarget, Environment, Limits as LimitsSpec, ManifestError, ManifestErrors, ManifestFile,
+    Permissions, SecretSource, Sink, closest,
 };
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::runtime::MAX_MEMORY;
@@ -67,6 +67,16 @@ pub struct Plan {
     /// The stages, ordered so that each comes after the stages it needs.
     pub stages: Vec<Unit>,
     pub sinks: Vec<Unit>,
+    /// The cluster of this environment, its kubeconfig path made absolute.
+    pub cluster: Option<ClusterTarget>,
+}
+
+/// `~/x` in the home directory, a relative path against `base`.
+fn resolve_user_path(base: &std::path::Path, path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => base.join(path),
+    }
 }
 
 /// What a stage says before the environment's overlay is applied, and after.
@@ -218,6 +228,15 @@ impl Plan {
             }
         }
 
+        let cluster = overlay
+            .and_then(|o| o.cluster.as_ref())
+            .or(m.cluster.as_ref())
+            .map(|c| ClusterTarget {
+                kubeconfig: resolve_user_path(&file.dir(), &c.kubeconfig)
+                    .display()
+                    .to_string(),
+                context: c.context.clone(),
+            });
         let plan = Plan {
             pipeline: m.pipeline.value.clone(),
             manifest: file.path.clone(),
@@ -227,6 +246,7 @@ impl Plan {
             secrets,
             stages,
             sinks,
+            cluster,
         };
         plan.check_expressions(file, &mut errors);
         if !errors.is_empty() {

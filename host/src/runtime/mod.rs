@@ -326,6 +326,8 @@ pub struct InstanceContext {
     pub base: EventBase,
     /// The run directory; stage logs go to `logs/<stage>.log` in it.
     pub run_dir: Option<PathBuf>,
+    /// The environment's Kubernetes cluster, connected on first use.
+    pub cluster: Arc<crate::capabilities::cluster::kube::Connection>,
 }
 
 /// A trap this many frames deep is reported as probable runaway recursion.
@@ -505,6 +507,8 @@ impl StageState {
             cluster: cluster::ClusterState {
                 grant: grants.cluster.clone(),
                 subject,
+                connection: ctx.cluster.clone(),
+                log: log.clone(),
             },
             log,
             denials,
