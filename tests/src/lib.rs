@@ -2,6 +2,8 @@
 //! process, so the tests never run a stale one), gives each test its own
 //! workspace directory, and runs gantry in it like a user would.
 
+pub mod appinsights;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
