@@ -3,6 +3,7 @@
 //! workspace directory, and runs gantry in it like a user would.
 
 pub mod kube;
+pub mod appinsights;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

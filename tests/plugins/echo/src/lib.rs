@@ -22,6 +22,10 @@ struct Config {
     /// Sleep this long after appending, before returning.
     #[serde(default)]
     sleep_ms: u64,
+    /// Report a telemetry event of this name (`deployment` or any other),
+    /// with the message as its `message` property.
+    #[serde(default)]
+    event: Option<String>,
 }
 
 struct Echo;
@@ -32,7 +36,7 @@ impl Guest for Echo {
             name: "echo".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Logs a message, optionally writes it to a file.".into(),
-            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"},"append":{"type":"string"},"sleep_ms":{"type":"integer"}},"additionalProperties":false}"#.into(),
+            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"},"append":{"type":"string"},"sleep_ms":{"type":"integer"},"event":{"type":"string"}},"additionalProperties":false}"#.into(),
             capabilities: vec![],
         }
     }
@@ -40,6 +44,9 @@ impl Guest for Echo {
     fn run(ctx: StageContext) -> Result<Outcome, StageError> {
         let cfg: Config = gantry_sdk::config(&ctx)?;
         gantry_sdk::info(format!("echo: {}", cfg.message));
+        if let Some(name) = &cfg.event {
+            gantry_sdk::telemetry::event(name, &[("message".into(), cfg.message.clone())]);
+        }
         if let Some(path) = &cfg.append {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new()
