@@ -268,7 +268,7 @@ impl Pipeline<'_> {
             .push(base.event(EventKind::RunStarted, None, &self.plan.pipeline));
         let started = Instant::now();
 
-        let (done, stop) = self.execute(&plugins, &ctx, &journal, resume).await?;
+        let (done, stop) = self.execute(plugins, &ctx, &journal, resume).await?;
         let cancelled = matches!(stop, Some(Stop::Cancelled));
         let stages = self
             .plan
@@ -305,7 +305,7 @@ impl Pipeline<'_> {
         finished.duration_ms = Some(started.elapsed().as_millis() as u64);
         finished.success = Some(result.succeeded());
         ctx.collector.push(finished);
-        self.publish(&plugins, &ctx).await;
+        self.publish(plugins, &ctx).await;
         std::fs::write(
             dir.join("summary.json"),
             serde_json::to_vec_pretty(&result)?,

@@ -76,6 +76,26 @@ pub fn config<T: serde::de::DeserializeOwned>(ctx: &StageContext) -> Result<T, S
         .map_err(|e| StageError::InvalidConfig(format!("stage `{}`: {e}", ctx.stage)))
 }
 
+/// Say which step failed, keeping the error's kind: `what: message`.
+pub fn prefix(e: StageError, what: &str) -> StageError {
+    match e {
+        StageError::Failed(m) => StageError::Failed(format!("{what}: {m}")),
+        StageError::Transient(m) => StageError::Transient(format!("{what}: {m}")),
+        StageError::Denied(m) => StageError::Denied(format!("{what}: {m}")),
+        StageError::InvalidConfig(m) => StageError::InvalidConfig(format!("{what}: {m}")),
+    }
+}
+
+/// The message of an error, whatever its kind.
+pub fn message(e: &StageError) -> &str {
+    match e {
+        StageError::Failed(m)
+        | StageError::Transient(m)
+        | StageError::Denied(m)
+        | StageError::InvalidConfig(m) => m,
+    }
+}
+
 /// Log at info level.
 pub fn info(message: impl AsRef<str>) {
     log::log(Level::Info, message.as_ref());

@@ -2,8 +2,8 @@
 //! process, so the tests never run a stale one), gives each test its own
 //! workspace directory, and runs gantry in it like a user would.
 
-pub mod kube;
 pub mod appinsights;
+pub mod kube;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -404,9 +404,11 @@ fn the_cluster_is_denied_outside_granted_namespaces() {
         "apps",
         "    permissions: { cluster: { namespaces: [apps] } }\n",
     );
+    // Granted, the call reaches the host, which has no cluster for this
+    // environment and says how to name one.
     failed_with(
         &out,
         "transient",
-        "cluster capability (get) is not implemented",
+        "environment `default` names no cluster: add `cluster: { kubeconfig: <path>, context: <name> }`",
     );
 }

@@ -63,7 +63,7 @@ pub struct ExecState {
 
 impl ExecState {
     pub async fn run(&self, cmd: Command) -> Result<ExitStatus, HostError> {
-        if !self.grant.programs.iter().any(|p| *p == cmd.program) {
+        if !self.grant.programs.contains(&cmd.program) {
             let message = self.subject.deny(
                 "to run",
                 &format!("`{}`", cmd.program),

@@ -44,7 +44,7 @@ impl Origin {
         let host = host.to_ascii_lowercase();
         if host.is_empty()
             || host == "*"
-            || host[host.starts_with("*.").then_some(2).unwrap_or(0)..].contains('*')
+            || host[if host.starts_with("*.") { 2 } else { 0 }..].contains('*')
         {
             return Err(format!(
                 "`{text}`: host must be a name, an address or `*.domain`"

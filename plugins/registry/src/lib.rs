@@ -9,6 +9,7 @@
 mod http;
 
 use base64::Engine as _;
+use gantry_sdk::prefix;
 use gantry_sdk::{Artifact, CapabilityKind, Guest, Outcome, StageContext, StageError, StageInfo};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -947,16 +948,6 @@ impl Guest for Push {
             ],
             summary: format!("pushed {pinned} as {}", tags.join(", ")),
         })
-    }
-}
-
-/// Say which step failed, keeping the error's kind.
-fn prefix(e: StageError, what: &str) -> StageError {
-    match e {
-        StageError::Failed(m) => StageError::Failed(format!("{what}: {m}")),
-        StageError::Transient(m) => StageError::Transient(format!("{what}: {m}")),
-        StageError::Denied(m) => StageError::Denied(format!("{what}: {m}")),
-        StageError::InvalidConfig(m) => StageError::InvalidConfig(format!("{what}: {m}")),
     }
 }
 

@@ -1,0 +1,295 @@
+//! The built-in `aks-deploy` stage and the host's `cluster` capability, against
+//! the test Kubernetes API server (tests/src/kube.rs) and the real `kubectl`:
+//! rollouts, revisions, rollback of a failed version, idempotent re-deploys,
+//! namespace grants, the App Insights secret reference; and against a real
+//! cluster when KUBECONFIG is set.
+
+use gantry_e2e::Workspace;
+use gantry_e2e::kube::KubeApi;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// A manifest with one `aks-deploy` stage on the cluster of `kubeconfig`, in
+/// namespace `default` unless `with` names one.
+fn pipeline(ws: &Workspace, kubeconfig: &Path, with: &str, permissions: &str) {
+    let ns = if with.contains("namespace:") {
+        ""
+    } else {
+        "namespace: default, "
+    };
+    ws.manifest(&format!(
+        r#"pipeline: deploy
+cluster: {{ kubeconfig: "{}", context: test }}
+secrets:
+  appinsights: {{ env: AI_CONNECTION_STRING }}
+stages:
+  - name: deploy
+    uses: aks-deploy
+    with: {{ name: hello, {ns}replicas: 2, progress-deadline: 2, timeout: 30, {with} }}
+    permissions: {{ {permissions} }}
+"#,
+        kubeconfig.display()
+    ));
+}
+
+const GRANT: &str = "cluster: { namespaces: [default] }";
+
+fn outputs(out: &gantry_e2e::Output) -> Value {
+    let v: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
+    let stage = &v["stages"][0];
+    let map: serde_json::Map<String, Value> = stage["outputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs: {}", out.all()))
+        .iter()
+        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].clone()))
+        .collect();
+    Value::Object(map)
+}
+
+/// `kubectl get` through the test server's kubeconfig.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl is on the PATH");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn image_in_cluster(kubeconfig: &Path) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "hello",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ],
+    )
+}
+
+#[test]
+fn versions_roll_out_and_a_failed_one_is_rolled_back() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let ws = Workspace::new();
+    let deploy = |image: &str| {
+        pipeline(&ws, &kubeconfig, &format!("image: \"{image}\""), GRANT);
+        ws.gantry(&["run", "pipeline.yaml", "--output", "json"])
+    };
+
+    let out = deploy("registry.test/hello:v1");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let o = outputs(&out);
+    assert_eq!(o["revision"], "1");
+    assert_eq!(o["deployment"], "hello");
+    assert_eq!(o["service"], "hello.default.svc.cluster.local:80");
+    assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v1");
+    assert_eq!(
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "service",
+                "hello",
+                "-o",
+                "jsonpath={.spec.ports[0].targetPort}"
+            ]
+        ),
+        "8080"
+    );
+    let managers = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "hello",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ],
+    );
+    assert!(managers.contains("gantry"), "{managers}");
+
+    let out = deploy("registry.test/hello:v2");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(outputs(&out)["revision"], "2");
+    assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v2");
+
+    // v3 cannot be pulled: the rollout passes its deadline, the stage says why
+    // and rolls back; v2's template is the Deployment's again.
+    api.fail_images("broken", "ImagePullBackOff");
+    let out = deploy("registry.test/hello:broken");
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("deploy");
+    assert!(
+        line.contains("(revision 3) failed: ProgressDeadlineExceeded"),
+        "{line}"
+    );
+    assert!(line.contains("ImagePullBackOff"), "{line}");
+    assert!(
+        line.contains("rolled back to the previous version as revision 4"),
+        "{line}"
+    );
+    assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v2");
+    let revisions = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "rs",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.template.spec.containers[0].image}={.metadata.annotations.deployment\\.kubernetes\\.io/revision}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        revisions.contains("registry.test/hello:v2=4"),
+        "{revisions}"
+    );
+}
+
+#[test]
+fn deploying_the_same_configuration_again_writes_nothing() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let ws = Workspace::new();
+    pipeline(&ws, &kubeconfig, "image: \"registry.test/hello:v1\"", GRANT);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(outputs(&out)["changed"], "true");
+    let writes = api.writes();
+    let version = api.resource_version();
+
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let o = outputs(&out);
+    assert_eq!(o["changed"], "false");
+    assert_eq!(o["revision"], "1");
+    assert_eq!(api.writes(), writes, "{:?}", api.requests());
+    assert_eq!(api.resource_version(), version);
+}
+
+#[test]
+fn a_namespace_not_granted_is_denied_before_reaching_the_cluster() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let ws = Workspace::new();
+    pipeline(&ws, &kubeconfig, "image: x, namespace: prod", GRANT);
+    let out = ws.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stage_line("deploy").contains("denied"), "{}", out.all());
+    assert!(
+        out.all()
+            .contains("grant it with `stages[0].permissions.cluster: { namespaces: [prod] }`"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .all(|(_, path, _)| !path.contains("/namespaces/prod")),
+        "{:?}",
+        api.requests()
+    );
+}
+
+#[test]
+fn the_app_insights_connection_string_reaches_the_pods_by_secret_reference() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let connection = "InstrumentationKey=6f2c1d7e-0000-4000-8000-1234567890ab;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/";
+    let ws = Workspace::new().env("AI_CONNECTION_STRING", connection);
+    pipeline(
+        &ws,
+        &kubeconfig,
+        "image: \"registry.test/hello:v1\", app-insights-connection-string-secret: appinsights",
+        &format!("{GRANT}, secrets: [appinsights]"),
+    );
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(!out.all().contains("6f2c1d7e"), "{}", out.all());
+    let env = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "deployment",
+            "hello",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"APPLICATIONINSIGHTS_CONNECTION_STRING\")].valueFrom.secretKeyRef.name}",
+        ],
+    );
+    assert_eq!(env, "hello-appinsights");
+    let secret = api
+        .object("v1", "secrets", "default", "hello-appinsights")
+        .expect("the Secret was applied");
+    let stored = secret.to_string();
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(connection);
+    assert!(
+        stored.contains(&encoded) || stored.contains("6f2c1d7e"),
+        "{stored}"
+    );
+}
+
+#[test]
+fn an_environment_without_a_cluster_says_how_to_name_one() {
+    let ws = Workspace::new();
+    ws.manifest(&format!(
+        "pipeline: deploy\nstages:\n  - name: deploy\n    uses: aks-deploy\n    with: {{ name: hello, namespace: default, image: x }}\n    permissions: {{ {GRANT} }}\n"
+    ));
+    let out = ws.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stage_line("deploy")
+            .contains("environment `default` names no cluster: add `cluster: { kubeconfig: <path>, context: <name> }`"),
+        "{}",
+        out.all()
+    );
+}
+
+/// Against a real cluster (e.g. AKS) when KUBECONFIG is set: deploys the pause
+/// image into GANTRY_TEST_NAMESPACE (default `default`) and removes it again.
+#[test]
+fn deploys_to_a_real_cluster_when_kubeconfig_is_set() {
+    let Some(kubeconfig) = std::env::var_os("KUBECONFIG") else {
+        eprintln!(
+            "skipped: set KUBECONFIG (and GANTRY_TEST_NAMESPACE) to deploy to a real cluster"
+        );
+        return;
+    };
+    let ns = std::env::var("GANTRY_TEST_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let ws = Workspace::new();
+    ws.manifest(&format!(
+        r#"pipeline: deploy
+cluster: {{ kubeconfig: "{}" }}
+stages:
+  - name: deploy
+    uses: aks-deploy
+    with: {{ name: gantry-e2e, namespace: {ns}, image: "registry.k8s.io/pause:3.10", timeout: 300 }}
+    permissions: {{ cluster: {{ namespaces: [{ns}] }} }}
+"#,
+        Path::new(&kubeconfig).display()
+    ));
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    let _ = Command::new("kubectl")
+        .args([
+            "delete",
+            "-n",
+            &ns,
+            "deployment/gantry-e2e",
+            "service/gantry-e2e",
+        ])
+        .output();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(outputs(&out)["deployment"], "gantry-e2e");
+}
