@@ -76,6 +76,9 @@ pub fn config<T: serde::de::DeserializeOwned>(ctx: &StageContext) -> Result<T, S
         .map_err(|e| StageError::InvalidConfig(format!("stage `{}`: {e}", ctx.stage)))
 }
 
+#[cfg(feature = "http")]
+pub mod http;
+
 /// Say which step failed, keeping the error's kind: `what: message`.
 pub fn prefix(e: StageError, what: &str) -> StageError {
     match e {

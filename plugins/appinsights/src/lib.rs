@@ -7,7 +7,7 @@
 
 mod connection;
 mod envelope;
-mod http;
+use gantry_sdk::http;
 mod transport;
 
 use connection::ConnectionString;

@@ -1,6 +1,7 @@
-//! A small blocking HTTP client over wasi:http/outgoing-handler, copied from
-//! the `registry` plugin (plugins/registry/src/http.rs) with a per-request
-//! timeout added.
+//! A small blocking HTTP client over wasi:http/outgoing-handler (feature
+//! `http`): one request at a time, the whole response read, an optional
+//! timeout. The host refuses origins the manifest does not grant; that comes
+//! back as [`Error::Denied`].
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
