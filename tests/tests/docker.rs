@@ -87,18 +87,59 @@ fn both_backends_build_images_that_docker_runs() {
         "{body}"
     );
 
+    // The docker environment also publishes to a registry on loopback and
+    // deploys there: point it at a fresh registry, free ports and a test name.
+    let registry = gantry_e2e::Registry::start(None);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = format!("gantry-e2e-example-{}", std::process::id());
+    let manifest = std::fs::read_to_string(ws.path().join("pipeline.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:5000", &registry.addr)
+        .replace("host-port: 8080", &format!("host-port: {port}"))
+        .replace("name: hello\n", &format!("name: {app}\n"));
+    ws.write("pipeline.yaml", manifest);
     let out = ws.gantry(&["run", "pipeline.yaml", "--env", "docker"]);
+    let deployed = get(&format!("127.0.0.1:{port}"));
+    let _ = Command::new("docker")
+        .args(["rm", "-f", &format!("{app}-blue")])
+        .output();
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
         out.stdout.contains("Successfully built"),
         "the build log streams to the stage log: {}",
         out.stdout
     );
+    assert!(out.succeeded("deploy"), "{}", out.all());
+    assert!(
+        deployed.contains("200 OK") && deployed.contains("hello from gantry's example app"),
+        "the deploy stage runs the pushed image: {deployed}"
+    );
     let body = run_layout(&ws, "dockerfile");
     assert!(
         body.contains("200 OK") && body.contains("hello from gantry's example app"),
         "{body}"
     );
+}
+
+/// GET `/` from `addr`, retrying for up to 5 s.
+fn get(addr: &str) -> String {
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+            if !body.is_empty() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    body
 }
 
 #[test]

@@ -29,6 +29,12 @@ fn the_hello_example_pipeline_succeeds() {
         out.stderr
     );
     let result: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["stages"][3]["name"], "deploy", "{}", out.stdout);
+    assert_eq!(
+        result["stages"][3]["status"], "skipped",
+        "the default environment needs no Docker: {}",
+        out.stdout
+    );
     assert_eq!(
         outputs(&result, 0)["tests.passed"],
         "3",
@@ -93,4 +99,10 @@ fn the_environments_overlay_the_stages() {
             .iter()
             .any(|g| g == "engine: granted")
     );
+    // ... and publishes to a local registry, which the deploy stage pulls from.
+    assert_eq!(docker["stages"][2]["config"]["registry"], "127.0.0.1:5000");
+    let deploy = &docker["stages"][3];
+    assert_eq!(deploy["name"], "deploy");
+    assert_eq!(deploy["provider"], "docker-deploy");
+    assert_eq!(deploy["if"], "${{ run.environment == 'docker' }}");
 }

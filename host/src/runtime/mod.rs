@@ -503,6 +503,7 @@ impl StageState {
                 workspace: ctx.workspace.clone(),
                 workspace_writable: grants.workspace.write,
                 log: log.clone(),
+                run_id: ctx.base.run_id.clone(),
             },
             cluster: cluster::ClusterState {
                 grant: grants.cluster.clone(),

@@ -158,6 +158,24 @@ impl Guest for Hostile {
                 ))
             }
             "engine" => ok(format!("pulled {}", gantry_sdk::engine::pull(t)?)),
+            // Remove a container gantry did not start (its name or id).
+            "engine-remove" => {
+                gantry_sdk::engine::remove(t)?;
+                ok(format!("removed {t}"))
+            }
+            // Start a container named `target` from the image args[0], with a
+            // health URL args[1] when given.
+            "engine-start" => {
+                let id = gantry_sdk::engine::start(&gantry_sdk::engine::ContainerRequest {
+                    image: cfg.args.first().cloned().unwrap_or_default(),
+                    name: t.into(),
+                    env: vec![],
+                    ports: vec![],
+                    health_url: cfg.args.get(1).cloned(),
+                    health_timeout_ms: 1000,
+                })?;
+                ok(format!("started {id}"))
+            }
             "cluster" => ok(format!(
                 "{:?}",
                 gantry_sdk::cluster::get(t, "apps/v1", "Deployment", "app")?
