@@ -42,6 +42,7 @@ pub fn plan(plan: &Plan, plugins: &HashMap<String, Arc<Plugin>>) -> serde_json::
         "pipeline": plan.pipeline,
         "environment": plan.environment,
         "workspace": plan.workspace,
+        "cluster": plan.cluster.as_ref().map(|c| serde_json::json!({"kubeconfig": c.kubeconfig, "context": c.context})),
         "stages": plan.stages.iter().map(unit).collect::<Vec<_>>(),
         "telemetry": plan.sinks.iter().map(unit).collect::<Vec<_>>(),
     })
@@ -53,6 +54,12 @@ pub fn plan_text(shown: &serde_json::Value) -> String {
         shown["pipeline"].as_str().unwrap_or(""),
         shown["environment"].as_str().unwrap_or("")
     );
+    if let Some(kubeconfig) = shown["cluster"]["kubeconfig"].as_str() {
+        let context = shown["cluster"]["context"]
+            .as_str()
+            .unwrap_or("its current-context");
+        out.push_str(&format!("cluster: {kubeconfig}, context {context}\n"));
+    }
     let mut section = |title: &str, units: &serde_json::Value| {
         let Some(units) = units.as_array() else {
             return;

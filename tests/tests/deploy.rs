@@ -203,7 +203,7 @@ fn a_namespace_not_granted_is_denied_before_reaching_the_cluster() {
 }
 
 #[test]
-fn the_app_insights_connection_string_reaches_the_pods_by_secret_reference() {
+fn optional_objects_and_the_app_insights_secret_reference_are_applied() {
     let api = KubeApi::start();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = api.kubeconfig(dir.path());
@@ -212,7 +212,8 @@ fn the_app_insights_connection_string_reaches_the_pods_by_secret_reference() {
     pipeline(
         &ws,
         &kubeconfig,
-        "image: \"registry.test/hello:v1\", app-insights-connection-string-secret: appinsights",
+        "image: \"registry.test/hello:v1\", app-insights-connection-string-secret: appinsights, \
+         config-map: { GREETING: hi }, hpa: { min: 2, max: 5 }, ingress: { host: hello.example.com, class: nginx }",
         &format!("{GRANT}, secrets: [appinsights]"),
     );
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
@@ -229,6 +230,26 @@ fn the_app_insights_connection_string_reaches_the_pods_by_secret_reference() {
         ],
     );
     assert_eq!(env, "hello-appinsights");
+    for (what, path, want) in [
+        ("configmap/hello-config", "{.data.GREETING}", "hi"),
+        ("hpa/hello", "{.spec.maxReplicas}", "5"),
+        (
+            "ingress/hello",
+            "{.spec.rules[0].host}",
+            "hello.example.com",
+        ),
+        (
+            "deployment/hello",
+            "{.spec.template.spec.containers[0].envFrom[0].configMapRef.name}",
+            "hello-config",
+        ),
+    ] {
+        let got = kubectl(
+            &kubeconfig,
+            &["get", what, "-o", &format!("jsonpath={path}")],
+        );
+        assert_eq!(got, want, "{what} {path}");
+    }
     let secret = api
         .object("v1", "secrets", "default", "hello-appinsights")
         .expect("the Secret was applied");

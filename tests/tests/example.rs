@@ -104,5 +104,23 @@ fn the_environments_overlay_the_stages() {
     let deploy = &docker["stages"][3];
     assert_eq!(deploy["name"], "deploy");
     assert_eq!(deploy["provider"], "docker-deploy");
-    assert_eq!(deploy["if"], "${{ run.environment == 'docker' }}");
+    assert_eq!(
+        deploy["if"],
+        "${{ run.environment == 'docker' || run.environment == 'aks' }}"
+    );
+
+    // `aks` swaps the deploy stage's provider and names the cluster.
+    let aks = plan("aks");
+    assert_eq!(aks["cluster"]["context"], "my-aks");
+    let deploy = &aks["stages"][3];
+    assert_eq!(deploy["provider"], "aks-deploy");
+    assert_eq!(deploy["config"]["namespace"], "hello");
+    assert!(
+        deploy["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g == "cluster namespaces: hello"),
+        "{deploy}"
+    );
 }
