@@ -314,3 +314,128 @@ stages:
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert_eq!(outputs(&out)["deployment"], "gantry-e2e");
 }
+
+/// A stand-in for the Application Insights Query API
+/// (`GET /v1/apps/{app}/query?query=...&timespan=...`, `x-api-key`): answers
+/// `requests | summarize total, failed` with the counts set in `answer`, and
+/// records each query.
+struct QueryApi {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u64, u64)>>,
+    queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+const QUERY_KEY: &str = "query-api-key-123";
+
+fn query_api() -> QueryApi {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(std::sync::Mutex::new((0, 0)));
+    let queries = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let (a, q) = (answer.clone(), queries.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut head = vec![];
+            let mut reader = BufReader::new(&stream);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line);
+            }
+            let target = head[0].split(' ').nth(1).unwrap_or("").to_string();
+            let keyed = head
+                .iter()
+                .any(|l| l.to_ascii_lowercase().trim() == format!("x-api-key: {QUERY_KEY}"));
+            let (status, body) = if !keyed {
+                (
+                    "403 Forbidden",
+                    r#"{"error":{"code":"InvalidApiKey"}}"#.to_string(),
+                )
+            } else if !target.starts_with("/v1/apps/app-123/query?") {
+                ("404 Not Found", "{}".to_string())
+            } else {
+                q.lock().unwrap().push(target);
+                let (total, failed) = *a.lock().unwrap();
+                (
+                    "200 OK",
+                    serde_json::json!({"tables": [{"name": "PrimaryResult",
+                        "columns": [{"name": "total", "type": "long"}, {"name": "failed", "type": "long"}],
+                        "rows": [[total, failed]]}]})
+                    .to_string(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    QueryApi {
+        url,
+        answer,
+        queries,
+    }
+}
+
+#[test]
+fn the_health_gate_rolls_back_a_version_whose_failed_request_rate_is_too_high() {
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let queries = query_api();
+    let ws = Workspace::new().env("AI_CONNECTION_STRING", QUERY_KEY);
+    let deploy = |image: &str| {
+        pipeline(&ws, &kubeconfig, &format!("image: \"{image}\""), GRANT);
+        let yaml = std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap();
+        ws.manifest(&format!(
+            r#"{yaml}  - name: gate
+    uses: health-gate
+    needs: [deploy]
+    with:
+      query: {{ app-id: app-123, api-key-secret: appinsights, endpoint: "{url}", window: 5, max-failure-rate: 0.05, min-requests: 10, role: hello }}
+    permissions: {{ http: ["{url}"], secrets: [appinsights], cluster: {{ namespaces: [default] }} }}
+"#,
+            url = queries.url
+        ));
+        ws.gantry(&["run", "pipeline.yaml", "--output", "json"])
+    };
+
+    // v1: 1 failed request in 100 passes the gate.
+    *queries.answer.lock().unwrap() = (100, 1);
+    let out = deploy("registry.test/hello:v1");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stage_line("gate").contains(
+            "failed-request rate 1.0% (1 of 100 requests over 5m) is within the threshold 5.0%"
+        ),
+        "{}",
+        out.all()
+    );
+    let asked = queries.queries.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1);
+    assert!(
+        asked[0].contains("timespan=PT5M")
+            && asked[0].contains("cloud_RoleName%20%3D%3D%20%27hello%27"),
+        "{asked:?}"
+    );
+
+    // v2 rolls out, then 6 of 50 requests fail: the gate rolls it back.
+    *queries.answer.lock().unwrap() = (50, 6);
+    let out = deploy("registry.test/hello:v2");
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.succeeded("deploy"), "{}", out.all());
+    let line = out.stage_line("gate");
+    assert!(
+        line.contains(
+            "Application Insights check failed: failed-request rate 12.0% (6 of 50 requests over 5m) is above the threshold 5.0%"
+        ) && line.contains("rolled Deployment hello in default back to the previous version (revision 3, available)"),
+        "{line}"
+    );
+    assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v1");
+    assert!(!out.all().contains(QUERY_KEY), "{}", out.all());
+}

@@ -59,6 +59,11 @@ struct Config {
     /// A granted secret whose value becomes `APPLICATIONINSIGHTS_CONNECTION_STRING`.
     #[serde(default)]
     app_insights_connection_string_secret: Option<String>,
+    /// Leave the previous slot running (for a `health-gate` stage after this
+    /// one, which retires it when the new version proves healthy, or switches
+    /// back to it when not).
+    #[serde(default)]
+    keep_previous: bool,
 }
 
 fn yes() -> bool {
@@ -88,7 +93,8 @@ const SCHEMA: &str = r#"{
     "health-path": {"type": "string", "pattern": "^/", "description": "path polled until it answers 2xx (default /)"},
     "health-timeout": {"type": "integer", "minimum": 1, "description": "milliseconds the new slot has to become healthy (default 30000)"},
     "env": {"type": "object", "additionalProperties": {"type": "string"}, "description": "environment variables for the container"},
-    "app-insights-connection-string-secret": {"type": "string", "description": "granted secret passed to the container as APPLICATIONINSIGHTS_CONNECTION_STRING"}
+    "app-insights-connection-string-secret": {"type": "string", "description": "granted secret passed to the container as APPLICATIONINSIGHTS_CONNECTION_STRING"},
+    "keep-previous": {"type": "boolean", "description": "leave the previous slot running for a health-gate stage to retire or restore (default false)"}
   }
 }"#;
 
@@ -322,9 +328,19 @@ impl Guest for DockerDeploy {
                 slot.as_str()
             ))
         })?;
-        // The previous slot (live or left over) goes once the new one serves.
+        // The previous slot (live or left over) goes once the new one serves,
+        // unless a health gate decides later.
         let old = slot.other().container(&cfg.name);
-        engine::remove(&old).map_err(|e| {
+        let kept = previous
+            .as_ref()
+            .filter(|_| cfg.keep_previous && live.is_some());
+        if kept.is_some() {
+            gantry_sdk::info(format!(
+                "keeping the previous slot `{old}` for the health gate"
+            ));
+        }
+        if kept.is_none() {
+            engine::remove(&old).map_err(|e| {
             failed(format!(
                 "{image} serves at {address} (slot {}), but removing the previous slot's container `{old}` failed: {}",
                 slot.as_str(),
@@ -336,6 +352,7 @@ impl Guest for DockerDeploy {
                 }
             ))
         })?;
+        }
 
         gantry_sdk::telemetry::event(
             "deployment",
@@ -348,12 +365,25 @@ impl Guest for DockerDeploy {
         );
         Ok(Outcome {
             artifacts: vec![],
-            outputs: vec![
-                gantry_sdk::output("address", address.clone()),
-                gantry_sdk::output("container", id),
-                gantry_sdk::output("slot", slot.as_str()),
-                gantry_sdk::output("image", image.clone()),
-            ],
+            outputs: {
+                let mut outputs = vec![
+                    gantry_sdk::output("name", cfg.name.clone()),
+                    gantry_sdk::output("address", address.clone()),
+                    gantry_sdk::output("container", id),
+                    gantry_sdk::output("slot", slot.as_str()),
+                    gantry_sdk::output("image", image.clone()),
+                ];
+                // What a health gate needs to switch back.
+                if let Some(p) = kept {
+                    outputs.extend([
+                        gantry_sdk::output("previous-container", p.container.clone()),
+                        gantry_sdk::output("previous-slot", p.live.clone()),
+                        gantry_sdk::output("previous-address", p.address.clone()),
+                        gantry_sdk::output("previous-image", p.image.clone()),
+                    ]);
+                }
+                outputs
+            },
             summary: format!(
                 "{} serves {image} at {address} (slot {})",
                 cfg.name,
