@@ -95,9 +95,15 @@ pub struct Ingestion {
 
 impl Ingestion {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let instrumentation_key = random_uuid();
+        Self::start_on("127.0.0.1:0", &random_uuid()).unwrap()
+    }
+
+    /// On `addr`, accepting instrumentation key `instrumentation_key` (the
+    /// `ingestion` binary: a local endpoint for development).
+    pub fn start_on(addr: &str, instrumentation_key: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let port = listener.local_addr()?.port();
+        let instrumentation_key = instrumentation_key.to_string();
         let state = Arc::new(Mutex::new(State::default()));
         let (shared, ikey) = (state.clone(), instrumentation_key.clone());
         std::thread::spawn(move || {
@@ -109,11 +115,11 @@ impl Ingestion {
                 });
             }
         });
-        Self {
+        Ok(Self {
             port,
             instrumentation_key,
             state,
-        }
+        })
     }
 
     /// `http://127.0.0.1:<port>`, the origin to grant.

@@ -411,3 +411,111 @@ fn a_malformed_secret_is_a_clear_error_at_run_time_without_its_value() {
     assert!(!run_files(&ws).contains("Sup3rSecretPart"));
     assert!(ing.requests().is_empty());
 }
+
+/// A stand-in for the Azure management API's annotations endpoint: records
+/// each request (method, path and query, Authorization, body) and answers 201.
+struct Arm {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Value)>>>,
+}
+
+fn arm() -> Arm {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let log = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = vec![];
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_string());
+            }
+            let header = |name: &str| {
+                head.iter()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default()
+            };
+            let mut body = vec![0u8; header("content-length").parse().unwrap_or(0)];
+            let _ = reader.read_exact(&mut body);
+            let mut parts = head[0].split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            log.lock().unwrap().push((
+                method.to_string(),
+                target.to_string(),
+                header("authorization"),
+                json.clone(),
+            ));
+            let text = json.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    Arm { url, requests }
+}
+
+#[test]
+fn deployments_become_release_annotations_through_the_management_api() {
+    let ing = Ingestion::start();
+    let arm = arm();
+    let resource = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/shop/providers/microsoft.insights/components/shop-ai";
+    let with = format!(
+        "      release-annotations: {{ resource-id: \"{resource}\", token-secret: arm, endpoint: \"{}\" }}\n",
+        arm.url
+    );
+    let yaml = manifest(&with, &format!("[\"{}\", \"{}\"]", ing.url(), arm.url))
+        .replace(
+            &format!("  ai: {{ env: {SECRET_ENV} }}"),
+            &format!("  ai: {{ env: {SECRET_ENV} }}\n  arm: {{ env: GANTRY_TEST_ARM_TOKEN }}"),
+        )
+        .replace("secrets: [ai]", "secrets: [ai, arm]");
+    let ws = Workspace::new()
+        .env(SECRET_ENV, &ing.connection_string())
+        .env("GANTRY_TEST_ARM_TOKEN", "arm-token-e2e-5f1c");
+    ws.manifest(&yaml);
+    let (out, run_id) = run(&ws);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let requests = arm.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests.len(),
+        1,
+        "one deployment, one annotation: {requests:?}"
+    );
+    let (method, target, auth, body) = &requests[0];
+    assert_eq!(method, "PUT");
+    assert_eq!(
+        target,
+        &format!("{resource}/Annotations?api-version=2015-05-01")
+    );
+    assert_eq!(auth, "Bearer arm-token-e2e-5f1c");
+    assert_eq!(body["Category"], "Deployment");
+    let id = body["Id"].as_str().unwrap();
+    assert!(id.len() == 36 && &id[14..15] == "4", "a GUID: {id}");
+    assert!(body["EventTime"].as_str().unwrap().ends_with('Z'), "{body}");
+    assert!(
+        body["AnnotationName"]
+            .as_str()
+            .unwrap()
+            .starts_with("shop: "),
+        "{body}"
+    );
+    // `Properties` is a JSON document in a string, as the API wants.
+    let properties: Value =
+        serde_json::from_str(body["Properties"].as_str().expect("a string")).unwrap();
+    assert_eq!(properties["RunId"], run_id.as_str());
+    assert_eq!(properties["TriggerBy"], "gantry");
+    assert!(!out.all().contains("arm-token-e2e-5f1c"), "{}", out.all());
+}

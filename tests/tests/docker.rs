@@ -96,9 +96,16 @@ fn both_backends_build_images_that_docker_runs() {
         .unwrap()
         .port();
     let app = format!("gantry-e2e-example-{}", std::process::id());
+    // Its telemetry goes to a local App Insights endpoint: the strict one.
+    let ingestion = gantry_e2e::appinsights::Ingestion::start();
     let manifest = std::fs::read_to_string(ws.path().join("pipeline.yaml"))
         .unwrap()
         .replace("127.0.0.1:5000", &registry.addr)
+        .replace("127.0.0.1:8089", &format!("127.0.0.1:{}", ingestion.port))
+        .replace(
+            "00000000-0000-4000-8000-000000000000",
+            &ingestion.instrumentation_key,
+        )
         .replace("host-port: 8080", &format!("host-port: {port}"))
         .replace("name: hello\n", &format!("name: {app}\n"));
     ws.write("pipeline.yaml", manifest);
@@ -118,6 +125,19 @@ fn both_backends_build_images_that_docker_runs() {
         deployed.contains("200 OK") && deployed.contains("hello from gantry's example app"),
         "the deploy stage runs the pushed image: {deployed}"
     );
+    assert!(
+        ingestion.rejected().is_empty(),
+        "{:?}",
+        ingestion.rejected()
+    );
+    let requests = ingestion.accepted_of("RequestData");
+    assert_eq!(requests.len(), 1, "the run, as one request");
+    let deployments: Vec<_> = ingestion
+        .accepted_of("EventData")
+        .into_iter()
+        .filter(|e| e["data"]["baseData"]["name"] == "deployment")
+        .collect();
+    assert_eq!(deployments.len(), 1, "{deployments:?}");
     let body = run_layout(&ws, "dockerfile");
     assert!(
         body.contains("200 OK") && body.contains("hello from gantry's example app"),

@@ -5,6 +5,7 @@
 //! with the service's retry rules. See `envelope` for the mapping and
 //! `transport` for delivery.
 
+mod annotation;
 mod connection;
 mod envelope;
 use gantry_sdk::http;
@@ -43,6 +44,9 @@ struct Config {
     /// Timeout of each request (connect, first byte, between bytes).
     #[serde(default = "default_timeout")]
     timeout_ms: u64,
+    /// Deployments as release annotations, through the Azure management API.
+    #[serde(default)]
+    release_annotations: Option<annotation::Config>,
 }
 
 fn default_batch() -> usize {
@@ -86,7 +90,8 @@ fn schema() -> String {
             "max-retries": {"type": "integer", "minimum": 0, "maximum": 20,
                             "description": "Resends after 206 retryable items, 408/429/439/5xx or connection errors (default 5)"},
             "timeout-ms": {"type": "integer", "minimum": 100,
-                           "description": "Timeout of each request in milliseconds (default 10000)"}
+                           "description": "Timeout of each request in milliseconds (default 10000)"},
+            "release-annotations": annotation::schema()
         },
         "oneOf": [
             {"required": ["connection-string-secret"]},
@@ -238,6 +243,63 @@ impl transport::Io for Wasi {
     }
 }
 
+/// Put one release annotation per deployment event.
+fn annotate(
+    cfg: &annotation::Config,
+    events: &[Event],
+    timeout: Duration,
+) -> Result<(), StageError> {
+    let deployments: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Deployment)
+        .collect();
+    if deployments.is_empty() {
+        return Ok(());
+    }
+    let token = gantry_sdk::secrets::get(&cfg.token_secret).map_err(StageError::from)?;
+    let url = annotation::url(cfg);
+    let shown = url.split('?').next().unwrap_or(&url);
+    for event in deployments {
+        let random = (u128::from(wasip2::random::random::get_random_u64()) << 64)
+            | u128::from(wasip2::random::random::get_random_u64());
+        let id = annotation::guid(random);
+        let Some(body) = annotation::body(event, &id) else {
+            continue;
+        };
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("authorization", format!("Bearer {token}")),
+        ];
+        let r = http::send(
+            "PUT",
+            &url,
+            &headers,
+            body.to_string().as_bytes(),
+            Some(timeout),
+        )
+        .map_err(|e| match e {
+            http::Error::Denied(m) => {
+                StageError::Denied(format!("appinsights: release annotation: {m}"))
+            }
+            other => StageError::Transient(format!(
+                "appinsights: release annotation at {shown}: {other}"
+            )),
+        })?;
+        if !(200..300).contains(&r.status) {
+            let text = String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).into_owned();
+            return Err(StageError::Failed(format!(
+                "appinsights: release annotation at {shown} answered {}: {text}",
+                r.status
+            )));
+        }
+        gantry_sdk::info(format!(
+            "appinsights: release annotation {id} for the deployment in stage `{}`",
+            event.stage.clone().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
 struct AppInsights;
 
 impl SinkGuest for AppInsights {
@@ -251,12 +313,12 @@ impl SinkGuest for AppInsights {
                 Capability {
                     kind: CapabilityKind::Secret,
                     target: None,
-                    reason: "reads the connection string from the secret named by `connection-string-secret`".into(),
+                    reason: "reads the connection string from the secret named by `connection-string-secret`, and the management API token of `release-annotations`".into(),
                 },
                 Capability {
                     kind: CapabilityKind::Http,
                     target: None,
-                    reason: "posts telemetry to the ingestion endpoint of the connection string (default https://dc.services.visualstudio.com)".into(),
+                    reason: "posts telemetry to the ingestion endpoint of the connection string (default https://dc.services.visualstudio.com), and release annotations to https://management.azure.com".into(),
                 },
             ],
         }
@@ -310,6 +372,9 @@ impl SinkGuest for AppInsights {
                 total.accepted += report.accepted;
                 total.resent += report.resent;
                 total.rejected.extend(report.rejected);
+            }
+            if let Some(cfg) = &sink.config.release_annotations {
+                annotate(cfg, &events, Duration::from_millis(sink.config.timeout_ms))?;
             }
             gantry_sdk::info(format!(
                 "appinsights: {} envelope(s) to {url} in {} request(s): {} accepted, {} resent, {} refused, {} event(s) dropped (buffer full)",
