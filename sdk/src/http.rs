@@ -59,7 +59,8 @@ pub fn split_url(url: &str) -> Result<(Scheme, String, String), Error> {
     Ok((scheme, authority.to_string(), path.to_string()))
 }
 
-fn method(m: &str) -> Method {
+/// The wasi:http method for a verb.
+pub fn method(m: &str) -> Method {
     match m {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -71,7 +72,8 @@ fn method(m: &str) -> Method {
     }
 }
 
-fn code(e: &ErrorCode, url: &str) -> Error {
+/// A wasi:http error code as an [`Error`]: a refused origin is `Denied`.
+pub fn code(e: &ErrorCode, url: &str) -> Error {
     match e {
         ErrorCode::HttpRequestDenied => {
             Error::Denied(format!("the host denied the request to {url}"))

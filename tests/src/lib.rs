@@ -102,6 +102,36 @@ impl Output {
     pub fn all(&self) -> String {
         format!("{}\n{}", self.stdout, self.stderr)
     }
+
+    /// The outputs of `stage` as a JSON object, from `--output json`.
+    pub fn outputs(&self, stage: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.all()));
+        let stage = v["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == stage))
+            .unwrap_or_else(|| panic!("no stage `{stage}` in: {}", self.all()));
+        let map: serde_json::Map<String, serde_json::Value> = stage["outputs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| Some((kv[0].as_str()?.to_string(), kv[1].clone())))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+}
+
+/// Fail with a clear message unless a Docker engine answers.
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "these tests need a running Docker engine (dockerd); .ci/run installs and starts it"
+    );
 }
 
 /// A scratch workspace with a manifest in it.

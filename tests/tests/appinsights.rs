@@ -416,8 +416,11 @@ fn a_malformed_secret_is_a_clear_error_at_run_time_without_its_value() {
 /// each request (method, path and query, Authorization, body) and answers 201.
 struct Arm {
     url: String,
-    requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Value)>>>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<ArmRequest>>>,
 }
+
+/// Method, path and query, Authorization, JSON body.
+type ArmRequest = (String, String, String, Value);
 
 fn arm() -> Arm {
     use std::io::{BufRead, BufReader, Read, Write};

@@ -6,7 +6,6 @@
 
 use gantry_e2e::Workspace;
 use gantry_e2e::kube::KubeApi;
-use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
@@ -34,19 +33,6 @@ stages:
 }
 
 const GRANT: &str = "cluster: { namespaces: [default] }";
-
-fn outputs(out: &gantry_e2e::Output) -> Value {
-    let v: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
-    let stage = &v["stages"][0];
-    let map: serde_json::Map<String, Value> = stage["outputs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no outputs: {}", out.all()))
-        .iter()
-        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].clone()))
-        .collect();
-    Value::Object(map)
-}
 
 /// `kubectl get` through the test server's kubeconfig.
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
@@ -89,7 +75,7 @@ fn versions_roll_out_and_a_failed_one_is_rolled_back() {
 
     let out = deploy("registry.test/hello:v1");
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let o = outputs(&out);
+    let o = out.outputs("deploy");
     assert_eq!(o["revision"], "1");
     assert_eq!(o["deployment"], "hello");
     assert_eq!(o["service"], "hello.default.svc.cluster.local:80");
@@ -121,7 +107,7 @@ fn versions_roll_out_and_a_failed_one_is_rolled_back() {
 
     let out = deploy("registry.test/hello:v2");
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(outputs(&out)["revision"], "2");
+    assert_eq!(out.outputs("deploy")["revision"], "2");
     assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v2");
 
     // v3 cannot be pulled: the rollout passes its deadline, the stage says why
@@ -164,13 +150,13 @@ fn deploying_the_same_configuration_again_writes_nothing() {
     pipeline(&ws, &kubeconfig, "image: \"registry.test/hello:v1\"", GRANT);
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(outputs(&out)["changed"], "true");
+    assert_eq!(out.outputs("deploy")["changed"], "true");
     let writes = api.writes();
     let version = api.resource_version();
 
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let o = outputs(&out);
+    let o = out.outputs("deploy");
     assert_eq!(o["changed"], "false");
     assert_eq!(o["revision"], "1");
     assert_eq!(api.writes(), writes, "{:?}", api.requests());
@@ -312,7 +298,7 @@ stages:
         ])
         .output();
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(outputs(&out)["deployment"], "gantry-e2e");
+    assert_eq!(out.outputs("deploy")["deployment"], "gantry-e2e");
 }
 
 /// A stand-in for the Application Insights Query API

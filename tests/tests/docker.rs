@@ -1,7 +1,7 @@
 //! Against a real Docker engine (`dockerd`, started by .ci/run) and skopeo: the
 //! images both backends write are real OCI layouts that Docker runs.
 
-use gantry_e2e::{Workspace, repo};
+use gantry_e2e::{Workspace, repo, require_docker};
 use std::process::Command;
 
 fn sh(cmd: &mut Command) -> String {
@@ -13,18 +13,6 @@ fn sh(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn require_docker() {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need a running Docker engine (dockerd) and skopeo; .ci/run installs and starts them"
-    );
 }
 
 /// A copy of examples/hello (sources, manifest, Dockerfile) in a fresh workspace.

@@ -4,24 +4,12 @@
 //! are built daemonless, pushed by the `registry` stage and deployed in
 //! blue/green slots.
 
-use gantry_e2e::{Output, Registry, Workspace, repo};
+use gantry_e2e::{Output, Registry, Workspace, repo, require_docker};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-
-fn require_docker() {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need a running Docker engine (dockerd); .ci/run installs and starts it"
-    );
-}
 
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker").args(args).output().unwrap();
@@ -164,25 +152,6 @@ telemetry:
 /// Where the app listens in its container.
 const OK: &str = "0.0.0.0:8080";
 
-fn deploy_outputs(out: &Output) -> Value {
-    let v: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
-    let stage = v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "deploy")
-        .unwrap()
-        .clone();
-    let map: serde_json::Map<String, Value> = stage["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].clone()))
-        .collect();
-    Value::Object(map)
-}
-
 fn run_json(ws: &Workspace) -> Output {
     ws.gantry(&["run", "pipeline.yaml", "--output", "json"])
 }
@@ -209,7 +178,7 @@ fn blue_green_deploys_replace_the_old_version_only_once_the_new_one_is_healthy()
     pipeline(&ws, &registry, "v1", OK, &app, port, health);
     let out = run_json(&ws);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let o = deploy_outputs(&out);
+    let o = out.outputs("deploy");
     let v1 = format!("http://127.0.0.1:{port}");
     assert_eq!(o["address"], v1.as_str());
     assert_eq!(o["slot"], "blue");
@@ -255,7 +224,7 @@ fn blue_green_deploys_replace_the_old_version_only_once_the_new_one_is_healthy()
     pipeline(&ws, &registry, "v2", OK, &app, port, health);
     let out = run_json(&ws);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let o = deploy_outputs(&out);
+    let o = out.outputs("deploy");
     let v2 = format!("http://127.0.0.1:{}", port + 1);
     assert_eq!(o["address"], v2.as_str());
     assert_eq!(o["slot"], "green");
@@ -320,7 +289,7 @@ fn blue_green_deploys_replace_the_old_version_only_once_the_new_one_is_healthy()
     pipeline(&ws, &registry, "v5", OK, &app, port, health);
     let out = run_json(&ws);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(deploy_outputs(&out)["slot"], "blue");
+    assert_eq!(out.outputs("deploy")["slot"], "blue");
     assert!(get(&v1, "/").contains("example app v5"));
     assert_eq!(managed_containers(&app), [format!("{app}-blue")]);
 }
@@ -561,7 +530,7 @@ fn a_failing_health_gate_switches_back_to_the_previous_version() {
         "{line}"
     );
     assert!(
-        line.contains(&format!("switched back to the previous version"))
+        line.contains("switched back to the previous version")
             && line.contains(&format!("(slot green) at {green}")),
         "{line}"
     );
@@ -574,7 +543,7 @@ fn a_failing_health_gate_switches_back_to_the_previous_version() {
     gated_pipeline(&ws, &registry, "v4", &app, port, "/healthz");
     let out = run_json(&ws);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(deploy_outputs(&out)["slot"], "blue");
+    assert_eq!(out.outputs("deploy")["slot"], "blue");
     assert!(get(&blue, "/").contains("example app v4"));
     assert_eq!(managed_containers(&app), [format!("{app}-blue")]);
 }

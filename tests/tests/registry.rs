@@ -31,25 +31,6 @@ stages:
     ));
 }
 
-fn outputs(out: &gantry_e2e::Output) -> Value {
-    let v: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.all()));
-    let push = v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "push")
-        .unwrap()
-        .clone();
-    let map: serde_json::Map<String, Value> = push["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].clone()))
-        .collect();
-    Value::Object(map)
-}
-
 #[test]
 fn an_anonymous_push_is_pulled_and_run_by_docker_and_a_repush_uploads_nothing() {
     let registry = Registry::start(None);
@@ -66,7 +47,7 @@ fn an_anonymous_push_is_pulled_and_run_by_docker_and_a_repush_uploads_nothing() 
     );
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let o = outputs(&out);
+    let o = out.outputs("push");
     let image = o["image"].as_str().unwrap();
     assert!(
         image.starts_with(&format!("{}/gantry/e2e@sha256:", proxy.addr)),
@@ -113,7 +94,7 @@ fn an_anonymous_push_is_pulled_and_run_by_docker_and_a_repush_uploads_nothing() 
     let before = proxy.requests().len();
     let again = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(again.code, Some(0), "{}", again.all());
-    assert_eq!(outputs(&again)["blobs-uploaded"], "0");
+    assert_eq!(again.outputs("push")["blobs-uploaded"], "0");
     let new: Vec<String> = proxy.requests()[before..].to_vec();
     assert!(
         new.iter()
@@ -152,7 +133,7 @@ fn basic_auth_uses_granted_secrets_and_wrong_credentials_are_clear() {
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
-        outputs(&out)["image"]
+        out.outputs("push")["image"]
             .as_str()
             .unwrap()
             .contains("/team/app@sha256:")
@@ -218,7 +199,7 @@ fn faults_are_retried_and_the_digest_is_the_same() {
     );
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let digest = outputs(&out)["digest"].as_str().unwrap().to_string();
+    let digest = out.outputs("push")["digest"].as_str().unwrap().to_string();
     assert!(out.stderr.contains("retry 1 of 8"), "{}", out.stderr);
     // The same image pushed cleanly has the same digest.
     let clean = Workspace::new();
@@ -232,7 +213,7 @@ fn faults_are_retried_and_the_digest_is_the_same() {
         "",
     );
     let out = clean.gantry(&["run", "pipeline.yaml", "--output", "json"]);
-    assert_eq!(outputs(&out)["digest"], digest.as_str());
+    assert_eq!(out.outputs("push")["digest"], digest.as_str());
 }
 
 #[test]
@@ -307,7 +288,7 @@ fn the_local_provider_writes_an_oci_layout() {
         })
         .collect();
     assert_eq!(names, ["v1", "stable"]);
-    let digest = outputs(&out)["digest"].as_str().unwrap().to_string();
+    let digest = out.outputs("push")["digest"].as_str().unwrap().to_string();
     assert!(
         ws.path()
             .join("pushed/blobs/sha256")
@@ -354,7 +335,7 @@ fn large_blobs_go_in_chunks_and_blobs_are_mounted_across_repositories() {
     ws.write("dist/app", &noise);
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let first = outputs(&out);
+    let first = out.outputs("push");
     let patches = proxy
         .requests()
         .iter()
@@ -394,7 +375,7 @@ fn large_blobs_go_in_chunks_and_blobs_are_mounted_across_repositories() {
     ws.write("dist/app", &noise);
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let second = outputs(&out);
+    let second = out.outputs("push");
     assert_eq!(second["blobs-mounted"], "2");
     assert_eq!(second["blobs-uploaded"], "0");
     assert_eq!(second["digest"], first["digest"]);
@@ -704,7 +685,7 @@ fn the_registry_token_flow_fetches_a_token_with_granted_credentials() {
     pipeline(&ws, &with, &grant, ", secrets: [user, pass]");
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(outputs(&out)["tags"], "v1,v2");
+    assert_eq!(out.outputs("push")["tags"], "v1,v2");
     let asked = tokens.requests.lock().unwrap().clone();
     assert_eq!(
         asked.len(),
@@ -753,7 +734,7 @@ fn the_acr_aad_exchange_trades_a_granted_aad_token_for_registry_tokens() {
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
-        outputs(&out)["image"]
+        out.outputs("push")["image"]
             .as_str()
             .unwrap()
             .starts_with(&format!("{}/team/app@sha256:", registry.addr))
@@ -874,7 +855,7 @@ stages:
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     // Four layers and the config.
-    assert_eq!(outputs(&out)["blobs-uploaded"], "5");
+    assert_eq!(out.outputs("push")["blobs-uploaded"], "5");
     assert_eq!(
         proxy.max_overlap.load(std::sync::atomic::Ordering::SeqCst),
         2,
@@ -945,7 +926,7 @@ fn pushes_to_a_real_acr_when_credentials_are_present() {
     );
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let image = outputs(&out)["image"].as_str().unwrap().to_string();
+    let image = out.outputs("push")["image"].as_str().unwrap().to_string();
     assert!(
         image.starts_with(&format!("{acr}/gantry/e2e@sha256:")),
         "{image}"
@@ -953,5 +934,5 @@ fn pushes_to_a_real_acr_when_credentials_are_present() {
     // A re-push finds every blob in place.
     let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert_eq!(outputs(&out)["blobs-uploaded"], "0");
+    assert_eq!(out.outputs("push")["blobs-uploaded"], "0");
 }

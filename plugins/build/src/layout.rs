@@ -251,9 +251,9 @@ fn read_base(dir: &Path) -> Result<(ImageManifest, ImageConfiguration), StageErr
         .first()
         .ok_or_else(|| failed(format!("base image {}: no manifest", index_path.display())))?;
     let manifest: ImageManifest =
-        serde_json::from_slice(&Blobs::get(dir, &first.digest().to_string())?).map_err(failed)?;
+        serde_json::from_slice(&Blobs::get(dir, first.digest().as_ref())?).map_err(failed)?;
     let config: ImageConfiguration =
-        serde_json::from_slice(&Blobs::get(dir, &manifest.config().digest().to_string())?)
+        serde_json::from_slice(&Blobs::get(dir, manifest.config().digest().as_ref())?)
             .map_err(failed)?;
     Ok((manifest, config))
 }
@@ -292,7 +292,7 @@ pub fn build(image: &Image) -> Result<Built, StageError> {
     let mut config = ConfigBuilder::default().build().map_err(failed)?;
     if let Some((dir, (manifest, base_config))) = &base {
         for l in manifest.layers() {
-            let bytes = Blobs::get(dir, &l.digest().to_string())?;
+            let bytes = Blobs::get(dir, l.digest().as_ref())?;
             blobs.put(&bytes)?;
             layers.push(l.clone());
         }

@@ -3,80 +3,13 @@
 //! what the OCI distribution protocol needs (methods, headers, a body, the
 //! whole response).
 
+// The request and response types are the SDK's blocking client's; only
+// sending differs.
+pub use gantry_sdk::http::{Error, Response};
+use gantry_sdk::http::{code, method, split_url};
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{Fields, OutgoingBody, OutgoingRequest};
 use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable};
-
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-#[derive(Debug)]
-pub enum Error {
-    /// The host refused the request: the origin is not granted.
-    Denied(String),
-    /// Connection refused, reset, timed out...: worth retrying.
-    Transport(String),
-    /// A request that cannot be made (bad URL).
-    Invalid(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::Denied(m) | Error::Transport(m) | Error::Invalid(m) => write!(f, "{m}"),
-        }
-    }
-}
-
-/// Split `http://host:port/path?q` into scheme, authority and path-with-query.
-pub fn split_url(url: &str) -> Result<(Scheme, String, String), Error> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| Error::Invalid(format!("`{url}` is not an absolute URL")))?;
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        other => return Err(Error::Invalid(format!("scheme `{other}` in `{url}`"))),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    Ok((scheme, authority.to_string(), path.to_string()))
-}
-
-fn method(m: &str) -> Method {
-    match m {
-        "GET" => Method::Get,
-        "HEAD" => Method::Head,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "PATCH" => Method::Patch,
-        "DELETE" => Method::Delete,
-        other => Method::Other(other.to_string()),
-    }
-}
-
-fn code(e: &ErrorCode, url: &str) -> Error {
-    match e {
-        ErrorCode::HttpRequestDenied => {
-            Error::Denied(format!("the host denied the request to {url}"))
-        }
-        other => Error::Transport(format!("{url}: {other:?}")),
-    }
-}
 
 async fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
     if body.is_empty() {
