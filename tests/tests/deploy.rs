@@ -425,3 +425,62 @@ fn the_health_gate_rolls_back_a_version_whose_failed_request_rate_is_too_high() 
     assert_eq!(image_in_cluster(&kubeconfig), "registry.test/hello:v1");
     assert!(!out.all().contains(QUERY_KEY), "{}", out.all());
 }
+
+/// AKS kubeconfigs get their token from an exec credential plugin (kubelogin);
+/// the host runs it, the stage never sees the token.
+#[test]
+fn an_exec_credential_plugin_supplies_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let api = KubeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for `kubelogin get-token`: an ExecCredential on stdout.
+    let plugin = dir.path().join("get-token");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\necho \"$@\" > \"$0.args\"\ncat <<'EOF'\n{{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{}\"}}}}\nEOF\n",
+            KubeApi::TOKEN
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig-exec");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            r#"apiVersion: v1
+kind: Config
+clusters:
+  - name: aks
+    cluster: {{ server: "{}", insecure-skip-tls-verify: true }}
+users:
+  - name: aks-user
+    user:
+      exec:
+        apiVersion: client.authentication.k8s.io/v1beta1
+        command: {}
+        args: [get-token, --login, azurecli, --server-id, 6dae42f8-4368-4678-94ff-3960e28e3630]
+        interactiveMode: Never
+contexts:
+  - name: aks
+    context: {{ cluster: aks, user: aks-user }}
+current-context: aks
+"#,
+            api.https_url(),
+            plugin.display()
+        ),
+    )
+    .unwrap();
+    let ws = Workspace::new();
+    pipeline(&ws, &kubeconfig, "image: \"registry.test/hello:v1\"", GRANT);
+    let yaml = std::fs::read_to_string(ws.path().join("pipeline.yaml"))
+        .unwrap()
+        .replace("context: test", "context: aks");
+    ws.manifest(&yaml);
+    let out = ws.gantry(&["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(out.outputs("deploy")["revision"], "1");
+    let args = std::fs::read_to_string(dir.path().join("get-token.args")).unwrap();
+    assert!(args.starts_with("get-token --login azurecli"), "{args}");
+    assert!(!out.all().contains(KubeApi::TOKEN), "{}", out.all());
+}
