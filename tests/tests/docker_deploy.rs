@@ -547,3 +547,52 @@ fn a_failing_health_gate_switches_back_to_the_previous_version() {
     assert!(get(&blue, "/").contains("example app v4"));
     assert_eq!(managed_containers(&app), [format!("{app}-blue")]);
 }
+
+#[test]
+fn the_app_insights_connection_string_reaches_the_container_and_nothing_else() {
+    require_docker();
+    let app = format!("gantry-e2e-ai-{}", std::process::id());
+    let _cleanup = Cleanup(app.clone());
+    let registry = Registry::start(None);
+    let port = free_port_pair();
+    let connection = "InstrumentationKey=9d3c4e1a-0000-4000-8000-00000000abcd;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/";
+    let ws = Workspace::new().env("GANTRY_TEST_AI", connection);
+    pipeline(
+        &ws,
+        &registry,
+        "v1",
+        OK,
+        &app,
+        port,
+        ", health-path: /healthz, app-insights-connection-string-secret: ai",
+    );
+    let yaml = std::fs::read_to_string(ws.path().join("pipeline.yaml"))
+        .unwrap()
+        .replacen(
+            "stages:\n",
+            "secrets:\n  ai: { env: GANTRY_TEST_AI }\nstages:\n",
+            1,
+        )
+        .replace(
+            "permissions: { engine: true, workspace: write }",
+            "permissions: { engine: true, workspace: write, secrets: [ai] }",
+        );
+    ws.manifest(&yaml);
+    let out = run_json(&ws);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let env = docker(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &format!("{app}-blue"),
+    ]);
+    assert!(
+        env.contains(&format!(
+            "APPLICATIONINSIGHTS_CONNECTION_STRING={connection}"
+        )),
+        "{env}"
+    );
+    assert!(!out.all().contains("9d3c4e1a"), "{}", out.all());
+    let journal = std::fs::read_to_string(ws.only_journal().unwrap()).unwrap();
+    assert!(!journal.contains("9d3c4e1a"), "{journal}");
+}
