@@ -90,7 +90,11 @@ fn engine_config(pooling: bool) -> Config {
     config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(DEEP_STACK + 24));
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
+        // One fiber stack per live instance is enough: the default (1000
+        // stacks of 4 MiB, each with guard pages set up front) made creating
+        // the pool the largest part of a short `gantry run`.
         pool.total_component_instances(64)
+            .total_stacks(64)
             .total_core_instances(256)
             .total_memories(64)
             .total_tables(256)
