@@ -109,15 +109,14 @@ fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
         .map_err(|e| Error::Transport(format!("{url}: flushing the body: {e:?}")))
 }
 
-/// Send one request and read the whole response; `timeout` bounds connecting,
-/// the first response byte and each pause between body bytes.
-pub fn send(
+/// The request for `verb url` with `headers` (and a content-length for a body
+/// of `body_len` bytes, or for a method that carries one), and its body.
+pub fn request(
     verb: &str,
     url: &str,
     headers: &[(&str, String)],
-    body: &[u8],
-    timeout: Option<std::time::Duration>,
-) -> Result<Response, Error> {
+    body_len: usize,
+) -> Result<(OutgoingRequest, OutgoingBody), Error> {
     let (scheme, authority, path) = split_url(url)?;
     let fields = Fields::new();
     for (k, v) in headers {
@@ -125,8 +124,8 @@ pub fn send(
             .append(k, v.as_bytes())
             .map_err(|e| Error::Invalid(format!("header {k}: {e:?}")))?;
     }
-    if !body.is_empty() || verb == "PUT" || verb == "POST" || verb == "PATCH" {
-        let _ = fields.append("content-length", body.len().to_string().as_bytes());
+    if body_len > 0 || verb == "PUT" || verb == "POST" || verb == "PATCH" {
+        let _ = fields.append("content-length", body_len.to_string().as_bytes());
     }
     let req = OutgoingRequest::new(fields);
     let bad = |what: &str| Error::Invalid(format!("{what} of {url}"));
@@ -137,6 +136,19 @@ pub fn send(
     req.set_path_with_query(Some(&path))
         .map_err(|()| bad("path"))?;
     let out_body = req.body().map_err(|()| bad("body"))?;
+    Ok((req, out_body))
+}
+
+/// Send one request and read the whole response; `timeout` bounds connecting,
+/// the first response byte and each pause between body bytes.
+pub fn send(
+    verb: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, Error> {
+    let (req, out_body) = request(verb, url, headers, body.len())?;
     let options = timeout.map(|t| {
         let options = RequestOptions::new();
         let nanos = u64::try_from(t.as_nanos()).unwrap_or(u64::MAX);

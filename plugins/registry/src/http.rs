@@ -6,9 +6,9 @@
 // The request and response types are the SDK's blocking client's; only
 // sending differs.
 pub use gantry_sdk::http::{Error, Response};
-use gantry_sdk::http::{code, method, split_url};
+use gantry_sdk::http::{code, request};
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, OutgoingBody, OutgoingRequest};
+use wasip2::http::types::OutgoingBody;
 use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable};
 
 async fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
@@ -36,25 +36,7 @@ pub async fn send(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<Response, Error> {
-    let (scheme, authority, path) = split_url(url)?;
-    let fields = Fields::new();
-    for (k, v) in headers {
-        fields
-            .append(k, v.as_bytes())
-            .map_err(|e| Error::Invalid(format!("header {k}: {e:?}")))?;
-    }
-    if !body.is_empty() || verb == "PUT" || verb == "POST" || verb == "PATCH" {
-        let _ = fields.append("content-length", body.len().to_string().as_bytes());
-    }
-    let req = OutgoingRequest::new(fields);
-    let bad = |what: &str| Error::Invalid(format!("{what} of {url}"));
-    req.set_method(&method(verb)).map_err(|()| bad("method"))?;
-    req.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
-    req.set_authority(Some(&authority))
-        .map_err(|()| bad("authority"))?;
-    req.set_path_with_query(Some(&path))
-        .map_err(|()| bad("path"))?;
-    let out_body = req.body().map_err(|()| bad("body"))?;
+    let (req, out_body) = request(verb, url, headers, body.len())?;
     let future = outgoing_handler::handle(req, None).map_err(|e| code(&e, url))?;
     // A refused request (not granted, connection refused) shows up as a closed
     // body stream first; the response future then says why, so it takes precedence.

@@ -324,15 +324,19 @@ impl Ctx<'_> {
         }
     }
 
-    /// The body of a create or update: JSON or YAML. Protobuf (which kubectl's
-    /// typed commands such as `kubectl create configmap` send) is not supported.
-    fn object_body(&self) -> Result<Value, ApiError> {
-        let mime = self
-            .content_type
+    /// The request's media type, without parameters.
+    fn mime(&self) -> &str {
+        self.content_type
             .split(';')
             .next()
             .unwrap_or_default()
-            .trim();
+            .trim()
+    }
+
+    /// The body of a create or update: JSON or YAML. Protobuf (which kubectl's
+    /// typed commands such as `kubectl create configmap` send) is not supported.
+    fn object_body(&self) -> Result<Value, ApiError> {
+        let mime = self.mime();
         match mime {
             "" | "application/json" | "application/yaml" | "*/*" => parse_body(self.body),
             other => Err(ApiError::new(
@@ -367,12 +371,7 @@ impl Ctx<'_> {
     }
 
     fn patch_change(&self) -> Result<Change, ApiError> {
-        let mime = self
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim();
+        let mime = self.mime();
         let body = parse_body(self.body)?;
         Ok(match mime {
             "application/apply-patch+yaml" | "application/apply-patch+cbor" => Change::Apply {
