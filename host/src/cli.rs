@@ -234,7 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan).await else {
+            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await else {
                 return Ok(ExitCode::from(2));
             };
             let run_id = crate::pipeline::new_run_id();
@@ -304,7 +304,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan).await else {
+            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await else {
                 return Ok(ExitCode::from(2));
             };
             let mut journal = Journal::open(&dir)?;
@@ -330,7 +330,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if check_configs(&runtime, &file, &plan).await.is_none() {
+            if check_configs(&runtime, &file, &plan, console.as_ref()).await.is_none() {
                 return Ok(ExitCode::from(2));
             }
             println!(
@@ -358,7 +358,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let plugins = match load_plugins(&runtime, &plan) {
+            let plugins = match load_plugins(&runtime, &plan, console.as_ref()) {
                 Ok(p) => p,
                 Err(errors) => {
                     print_errors(&errors);
@@ -410,18 +410,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(PluginsCommand::List) => {
             let runtime = new_runtime(options, &console)?;
             let ctx = bare_context();
+            let mut rows = vec![["NAME", "VERSION", "WORLD", "DESCRIPTION"].map(String::from)];
             for b in BUILTINS {
                 let source = PluginSource::Builtin(b.name);
-                let plugin = runtime.load(&source.read()?)?;
-                let info = runtime.describe(&plugin, &ctx).await?;
-                println!(
-                    "{:<12} {:<8} {:<15} {}",
-                    b.name,
+                let plugin = runtime.load_reporting(&source.read()?, console.as_ref())?;
+                let info = describe(&runtime, &plugin, &ctx, console.as_ref()).await?;
+                rows.push([
+                    b.name.to_string(),
                     info.version,
-                    plugin.world.as_str(),
-                    info.description
-                );
+                    plugin.world.as_str().to_string(),
+                    info.description,
+                ]);
             }
+            print!("{}", crate::show::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Inspect { plugin, json }) => {
@@ -430,8 +431,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::anyhow!("`{plugin}` is neither a built-in plugin nor a .wasm path")
                 })?;
             let runtime = new_runtime(options, &console)?;
-            let loaded = runtime.load(&source.read()?)?;
-            let info = runtime.describe(&loaded, &bare_context()).await?;
+            let loaded = runtime.load_reporting(&source.read()?, console.as_ref())?;
+            let info = describe(&runtime, &loaded, &bare_context(), console.as_ref()).await?;
             let ty = loaded.component.component_type();
             let imports: Vec<String> = ty
                 .imports(runtime.engine())
@@ -556,8 +557,13 @@ fn print_errors(errors: &[String]) {
 /// Load every plugin and check each stage's `with` against the JSON Schema its
 /// plugin's describe() returns. Problems are printed; on success the loaded
 /// plugins, which the run then uses.
-async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> Option<Plugins> {
-    let plugins = match load_plugins(runtime, plan) {
+async fn check_configs(
+    runtime: &Runtime,
+    file: &ManifestFile,
+    plan: &Plan,
+    reporter: &dyn Reporter,
+) -> Option<Plugins> {
+    let plugins = match load_plugins(runtime, plan, reporter) {
         Ok(p) => p,
         Err(errors) => {
             print_errors(&errors);
@@ -572,7 +578,7 @@ async fn check_configs(runtime: &Runtime, file: &ManifestFile, plan: &Plan) -> O
     for unit in plan.stages.iter().chain(&plan.sinks) {
         let plugin = &plugins[&unit.field];
         if !schemas.contains_key(&plugin.digest) {
-            let schema = match runtime.describe(plugin, &ctx).await {
+            let schema = match describe(runtime, plugin, &ctx, reporter).await {
                 Ok(info) if info.config_schema.trim().is_empty() => None,
                 Ok(info) => serde_json::from_str(&info.config_schema)
                     .map_err(|e| {
@@ -641,6 +647,21 @@ fn new_runtime(options: RuntimeOptions, console: &Arc<dyn Reporter>) -> anyhow::
         console.debug(w);
     }
     Ok(runtime)
+}
+
+/// `describe()`, with the trap behind a failure shown at debug level
+/// (`--verbose`); the error itself says which budget or trap ended it.
+async fn describe(
+    runtime: &Runtime,
+    plugin: &crate::runtime::Plugin,
+    ctx: &InstanceContext,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<crate::runtime::bindings::types::StageInfo> {
+    runtime.describe(plugin, ctx).await.inspect_err(|e| {
+        if let Some(f) = e.downcast_ref::<crate::runtime::DescribeFailed>() {
+            reporter.debug(&f.detail);
+        }
+    })
 }
 
 /// For describe(): no workspace, no secrets, no output.

@@ -262,6 +262,26 @@ pub struct Limits {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub log: Option<Spanned<String>>,
+    /// Telemetry the stage sends (metric and event names and properties), e.g. `4MiB`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub telemetry: Option<Spanned<String>>,
+    /// How many metrics and events the stage may send, e.g. `10000`.
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub events: Option<Spanned<u64>>,
+    /// The outputs the stage returns (keys and values together), e.g. `1MiB`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub outputs: Option<Spanned<String>>,
+    /// The summary the stage returns, e.g. `64KiB`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub summary: Option<Spanned<String>>,
+    /// The artifacts the stage returns (every field together), e.g. `1MiB`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub artifacts: Option<Spanned<String>>,
 }
 
 /// A manifest with its source text, for diagnostics.

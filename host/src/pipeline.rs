@@ -13,7 +13,7 @@ use crate::expr::{self, Ref};
 use crate::journal::{ArtifactRecord, Journal, Record};
 use crate::plan::{Plan, Unit};
 use crate::plugins::PluginSource;
-use crate::report::Reporter;
+use crate::report::{Mark, Reporter};
 use crate::runtime::bindings::types::{
     Artifact, EventKind, StageContext, StageError, StageOutputs,
 };
@@ -55,6 +55,14 @@ impl StageResult {
     pub fn ok(&self) -> bool {
         self.status == "succeeded" || self.status == "skipped"
     }
+
+    pub fn mark(&self) -> Mark {
+        match self.status.as_str() {
+            "succeeded" => Mark::Succeeded,
+            "skipped" => Mark::Skipped,
+            _ => Mark::Failed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -64,6 +72,11 @@ pub struct RunResult {
     pub environment: String,
     /// The run directory (journal, logs, summary).
     pub dir: String,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: &'static str,
+    /// Wall-clock time from the run's start to this end, including the time
+    /// between a crash and `gantry resume`.
+    pub duration_ms: u64,
     /// True when Ctrl-C stopped the run; `gantry resume` continues it.
     pub cancelled: bool,
     pub stages: Vec<StageResult>,
@@ -82,6 +95,7 @@ pub type Plugins = HashMap<String, Arc<Plugin>>;
 pub fn load_plugins(
     runtime: &Runtime,
     plan: &Plan,
+    reporter: &dyn Reporter,
 ) -> Result<HashMap<String, Arc<Plugin>>, Vec<String>> {
     let mut plugins = HashMap::new();
     let mut errors = vec![];
@@ -96,7 +110,7 @@ pub fn load_plugins(
         let loaded = by_source.entry(&unit.source).or_insert_with(|| {
             unit.source
                 .read()
-                .and_then(|bytes| runtime.load(&bytes))
+                .and_then(|bytes| runtime.load_reporting(&bytes, reporter))
                 .map_err(|e| e.to_string())
         });
         match loaded.clone() {
@@ -162,14 +176,35 @@ pub fn detect_commit(workspace: &Path) -> Option<String> {
 /// Where a run starts from: nothing, or what a journal recorded.
 #[derive(Default)]
 pub struct Resume {
+    /// When the run first started (unix ms); `None` for a new run.
+    pub started_ms: Option<u64>,
     /// Stages whose completion was recorded.
     pub finished: BTreeMap<String, StageResult>,
+    /// Stages that started but whose completion was not recorded, with how
+    /// long they had been running when the journal stopped (ms) and whether a
+    /// cancellation (rather than a crash) stopped them.
+    pub interrupted: BTreeMap<String, (u64, bool)>,
 }
 
 impl Resume {
     pub fn from_records(records: &[Record]) -> Self {
         let mut finished = BTreeMap::new();
+        let mut started: BTreeMap<String, u64> = BTreeMap::new();
+        let mut started_ms = None;
+        let mut cancelled: Vec<String> = vec![];
+        let mut last_ts = 0;
         for r in records {
+            match r {
+                Record::RunStarted { ts_ms, .. } => started_ms = Some(*ts_ms),
+                Record::StageStarted { stage, ts_ms, .. } => {
+                    started.entry(stage.clone()).or_insert(*ts_ms);
+                }
+                Record::RunCancelled { stages, .. } => {
+                    cancelled.extend(stages.iter().cloned())
+                }
+                _ => {}
+            }
+            last_ts = last_ts.max(record_ts(r));
             if let Record::StageFinished {
                 stage,
                 status,
@@ -196,7 +231,65 @@ impl Resume {
                 );
             }
         }
-        Self { finished }
+        let interrupted = started
+            .into_iter()
+            .filter(|(stage, _)| !finished.contains_key(stage))
+            .map(|(stage, ts)| {
+                let by_cancel = cancelled.contains(&stage);
+                (stage, (last_ts.saturating_sub(ts), by_cancel))
+            })
+            .collect();
+        Self {
+            started_ms,
+            finished,
+            interrupted,
+        }
+    }
+
+    /// What a resume keeps and what it runs again, for the user.
+    pub fn describe(&self) -> Vec<String> {
+        let secs = |ms: u64| format!("{:.2}s", ms as f64 / 1000.0);
+        let mut lines = vec![];
+        if !self.finished.is_empty() {
+            let kept: Vec<String> = self
+                .finished
+                .values()
+                .map(|r| format!("{} ({}, {})", r.name, r.status, secs(r.duration_ms)))
+                .collect();
+            lines.push(format!(
+                "kept {} finished stage(s): {}",
+                kept.len(),
+                kept.join(", ")
+            ));
+        }
+        if !self.interrupted.is_empty() {
+            let again: Vec<String> = self
+                .interrupted
+                .iter()
+                .map(|(name, (ran, by_cancel))| {
+                    let why = if *by_cancel { "cancelled" } else { "cut off" };
+                    format!("{name} ({why} after {})", secs(*ran))
+                })
+                .collect();
+            lines.push(format!(
+                "starting again: {} (they had not finished)",
+                again.join(", ")
+            ));
+        }
+        lines
+    }
+}
+
+/// When a record was written (unix ms).
+fn record_ts(r: &Record) -> u64 {
+    match r {
+        Record::RunStarted { ts_ms, .. }
+        | Record::StageStarted { ts_ms, .. }
+        | Record::StageRetry { ts_ms, .. }
+        | Record::StageFinished { ts_ms, .. }
+        | Record::RunCancelled { ts_ms, .. }
+        | Record::RunResumed { ts_ms }
+        | Record::RunFinished { ts_ms, .. } => *ts_ms,
     }
 }
 
@@ -254,7 +347,7 @@ impl Pipeline<'_> {
         };
         let dir = journal.dir().to_path_buf();
         let journal = Mutex::new(journal);
-        let resumed = !resume.finished.is_empty();
+        let resumed = resume.started_ms.is_some();
         self.reporter.note(&format!(
             "run {}{}: pipeline `{}`, environment `{}`, {} stage(s); journal in {}",
             self.run_id,
@@ -264,6 +357,10 @@ impl Pipeline<'_> {
             self.plan.stages.len(),
             dir.display()
         ));
+        for line in resume.describe() {
+            self.reporter.note(&line);
+        }
+        let run_started_ms = resume.started_ms.unwrap_or_else(now_ms);
         ctx.collector
             .push(base.event(EventKind::RunStarted, None, &self.plan.pipeline));
         let started = Instant::now();
@@ -287,13 +384,22 @@ impl Pipeline<'_> {
                 })
             })
             .collect();
-        let result = RunResult {
+        let mut result = RunResult {
             run_id: self.run_id.clone(),
             pipeline: self.plan.pipeline.clone(),
             environment: self.plan.environment.clone(),
             dir: dir.display().to_string(),
+            status: "",
+            duration_ms: now_ms().saturating_sub(run_started_ms),
             cancelled,
             stages,
+        };
+        result.status = if cancelled {
+            "cancelled"
+        } else if result.succeeded() {
+            "succeeded"
+        } else {
+            "failed"
         };
         if !cancelled {
             journal.lock().unwrap().append(&Record::RunFinished {
@@ -328,9 +434,9 @@ impl Pipeline<'_> {
                 r.uses = unit.uses.clone();
                 self.reporter.stage_finished(
                     &unit.name,
-                    r.ok(),
-                    Duration::ZERO,
-                    &format!("{} (recorded before the resume)", r.detail),
+                    r.mark(),
+                    Duration::from_millis(r.duration_ms),
+                    &format!("{} (kept: finished before the resume)", r.detail),
                 );
                 done.insert(unit.name.clone(), r);
             }
@@ -430,7 +536,7 @@ impl Pipeline<'_> {
             ts_ms: now_ms(),
         })?;
         self.reporter
-            .stage_finished(&r.name, r.ok(), elapsed, &r.detail);
+            .stage_finished(&r.name, r.mark(), elapsed, &r.detail);
         let mut event = ctx
             .base
             .event(EventKind::StageFinished, Some(&r.name), &r.name);
@@ -572,7 +678,7 @@ impl Pipeline<'_> {
         let outcome = outcome.and_then(|o| {
             check_artifacts(&o.artifacts)
                 .map(|()| o)
-                .map_err(Failure::Setup)
+                .map_err(|why| Failure::Stage(StageError::Denied(why)))
         });
         let elapsed = started.elapsed();
         for d in &denials {
@@ -594,12 +700,18 @@ impl Pipeline<'_> {
             Ok(o) => {
                 result.status = "succeeded".into();
                 result.detail = ctx.redactor.redact(&o.summary);
+                // Keys and artifact fields too: a plugin chooses every string.
+                let r = &ctx.redactor;
                 result.outputs = o
                     .outputs
                     .iter()
-                    .map(|(k, v)| (k.clone(), ctx.redactor.redact(v)))
+                    .map(|(k, v)| (r.redact(k), r.redact(v)))
                     .collect();
-                result.artifacts = o.artifacts.iter().map(from_wit).collect();
+                result.artifacts = o
+                    .artifacts
+                    .iter()
+                    .map(|a| redact_artifact(from_wit(a), r))
+                    .collect();
             }
             Err(f) => {
                 result.status = f.kind().into();
@@ -731,6 +843,22 @@ fn from_wit(a: &Artifact) -> ArtifactRecord {
     }
 }
 
+fn redact_artifact(a: ArtifactRecord, r: &crate::redact::Redactor) -> ArtifactRecord {
+    let opt = |v: Option<String>| v.map(|v| r.redact(&v));
+    ArtifactRecord {
+        name: r.redact(&a.name),
+        media_type: r.redact(&a.media_type),
+        path: opt(a.path),
+        reference: opt(a.reference),
+        digest: opt(a.digest),
+        annotations: a
+            .annotations
+            .iter()
+            .map(|(k, v)| (r.redact(k), r.redact(v)))
+            .collect(),
+    }
+}
+
 fn to_wit(a: &ArtifactRecord) -> Artifact {
     Artifact {
         name: a.name.clone(),
@@ -751,7 +879,8 @@ fn check_artifacts(artifacts: &[Artifact]) -> Result<(), String> {
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
             return Err(format!(
-                "returned artifact `{}` with path `{p}` outside the workspace",
+                "returned artifact `{}` with path `{p}` outside the workspace: an artifact's \
+                 path must be relative to the workspace, without `..`",
                 a.name
             ));
         }

@@ -674,6 +674,21 @@ fn resolve_limits(
     };
     size(&spec.memory, "memory", MAX_MEMORY, &mut limits.memory);
     size(&spec.log, "log", 1 << 30, &mut limits.log);
+    size(&spec.telemetry, "telemetry", 1 << 30, &mut limits.telemetry);
+    size(&spec.outputs, "outputs", 256 << 20, &mut limits.outputs);
+    size(&spec.summary, "summary", 16 << 20, &mut limits.summary);
+    size(&spec.artifacts, "artifacts", 256 << 20, &mut limits.artifacts);
+    if let Some(v) = &spec.events {
+        match v.value {
+            1..=10_000_000 => limits.events = v.value,
+            _ => errors.push(file.error(
+                &v.referenced,
+                &format!("{field}.limits.events"),
+                "must be between 1 and 10000000",
+                None,
+            )),
+        }
+    }
     if let Some(v) = &spec.cpu {
         match parse_duration(&v.value) {
             Ok(d) => limits.cpu = d,

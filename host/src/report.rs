@@ -28,14 +28,33 @@ impl Level {
     }
 }
 
+/// How a stage ended, as shown by its mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    Succeeded,
+    Failed,
+    /// Skipped by its `if:` or because a stage it needs did not succeed.
+    Skipped,
+}
+
+impl Mark {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Mark::Succeeded => "✔",
+            Mark::Failed => "✘",
+            Mark::Skipped => "⊘",
+        }
+    }
+}
+
 /// Receives run progress. Implementations must be cheap: they are called from
 /// inside host functions.
 pub trait Reporter: Send + Sync {
     fn stage_started(&self, stage: &str, plugin: &str);
     fn log(&self, stage: &str, level: Level, line: &str);
     fn progress(&self, stage: &str, done: u64, total: Option<u64>, message: &str);
-    /// `ok` false means the stage failed; `detail` is its summary or error.
-    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str);
+    /// `detail` is the stage's summary, error or reason for skipping.
+    fn stage_finished(&self, stage: &str, mark: Mark, elapsed: Duration, detail: &str);
     /// Something the host itself wants to say (cache use, denials, summary).
     fn note(&self, text: &str);
     /// Debug-level host messages, shown with `--verbose`.
@@ -91,10 +110,9 @@ impl Reporter for Console {
         self.line(&format!("  {stage} │ {count} {message}"));
     }
 
-    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str) {
-        let mark = if ok { "✔" } else { "✘" };
+    fn stage_finished(&self, stage: &str, mark: Mark, elapsed: Duration, detail: &str) {
         let secs = elapsed.as_secs_f64();
-        self.line(&format!("{mark} {stage} ({secs:.2}s): {detail}"));
+        self.line(&format!("{} {stage} ({secs:.2}s): {detail}", mark.symbol()));
     }
 
     fn note(&self, text: &str) {
@@ -115,7 +133,7 @@ impl Reporter for Silent {
     fn stage_started(&self, _: &str, _: &str) {}
     fn log(&self, _: &str, _: Level, _: &str) {}
     fn progress(&self, _: &str, _: u64, _: Option<u64>, _: &str) {}
-    fn stage_finished(&self, _: &str, _: bool, _: Duration, _: &str) {}
+    fn stage_finished(&self, _: &str, _: Mark, _: Duration, _: &str) {}
     fn note(&self, _: &str) {}
     fn debug(&self, _: &str) {}
 }
@@ -212,7 +230,7 @@ impl Reporter for Live {
         }
     }
 
-    fn stage_finished(&self, stage: &str, ok: bool, elapsed: Duration, detail: &str) {
+    fn stage_finished(&self, stage: &str, mark: Mark, elapsed: Duration, detail: &str) {
         if let Some(bar) = self
             .bars
             .lock()
@@ -221,9 +239,9 @@ impl Reporter for Live {
         {
             bar.finish_and_clear();
         }
-        let mark = if ok { "✔" } else { "✘" };
         self.println(&format!(
-            "{mark} {stage} ({:.2}s): {detail}",
+            "{} {stage} ({:.2}s): {detail}",
+            mark.symbol(),
             elapsed.as_secs_f64()
         ));
     }

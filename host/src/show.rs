@@ -119,17 +119,16 @@ pub fn summary_table(result: &RunResult) -> String {
         })
         .collect();
     let header = ["STAGE", "PROVIDER", "STATUS", "TIME", "OUTPUTS"].map(String::from);
-    let widths: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .chain(std::iter::once(&header))
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+    table(&std::iter::once(header).chain(rows).collect::<Vec<_>>())
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+pub fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)

@@ -83,6 +83,8 @@ mod tests {
             pipeline: "p".into(),
             environment: "e".into(),
             dir: String::new(),
+            status: "failed",
+            duration_ms: 2,
             cancelled: false,
             stages: vec![
                 stage(

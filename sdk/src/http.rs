@@ -74,39 +74,113 @@ pub fn method(m: &str) -> Method {
 
 /// A wasi:http error code as an [`Error`]: a refused origin is `Denied`.
 pub fn code(e: &ErrorCode, url: &str) -> Error {
+    let url = shown_url(url);
     match e {
         ErrorCode::HttpRequestDenied => {
             Error::Denied(format!("the host denied the request to {url}"))
         }
-        other => Error::Transport(format!("{url}: {other:?}")),
+        other => Error::Transport(format!("{url}: {}", in_words(other))),
     }
 }
 
+/// A URL as printed in messages: without its query or fragment, which may be
+/// long (upload state) or carry credentials (signatures, tokens).
+pub fn shown_url(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// What a wasi:http error code means, for people.
+pub fn in_words(e: &ErrorCode) -> String {
+    match e {
+        ErrorCode::DnsTimeout => "the DNS lookup timed out".into(),
+        ErrorCode::DnsError(d) => format!(
+            "the DNS lookup failed{}",
+            d.rcode.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        ErrorCode::DestinationNotFound => "the host name was not found".into(),
+        ErrorCode::DestinationUnavailable => "the destination is unavailable".into(),
+        ErrorCode::DestinationIpProhibited => "the destination address is prohibited".into(),
+        ErrorCode::DestinationIpUnroutable => "the destination address is unroutable".into(),
+        ErrorCode::ConnectionRefused => "the connection was refused".into(),
+        ErrorCode::ConnectionTerminated => "the server closed the connection".into(),
+        ErrorCode::ConnectionTimeout => "connecting timed out".into(),
+        ErrorCode::ConnectionReadTimeout => "reading the response timed out".into(),
+        ErrorCode::ConnectionWriteTimeout => "sending the request timed out".into(),
+        ErrorCode::ConnectionLimitReached => "too many open connections".into(),
+        ErrorCode::TlsProtocolError => "the TLS handshake failed".into(),
+        ErrorCode::TlsCertificateError => "the server's TLS certificate was not accepted".into(),
+        ErrorCode::TlsAlertReceived(a) => format!(
+            "the server sent a TLS alert{}",
+            a.alert_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+        ),
+        ErrorCode::HttpResponseIncomplete | ErrorCode::HttpProtocolError => {
+            "the connection closed before a complete response (the server dropped it or broke the HTTP protocol)".into()
+        }
+        ErrorCode::HttpResponseTimeout => "no response in time".into(),
+        ErrorCode::HttpRequestDenied => "the host denied the request".into(),
+        ErrorCode::InternalError(Some(m)) => format!("internal error: {m}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// An HTTP status with its reason phrase, e.g. `503 Service Unavailable`.
+pub fn status_text(status: u16) -> String {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => return status.to_string(),
+    };
+    format!("{status} {reason}")
+}
+
 fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
+    let shown = shown_url(url);
     if body.is_empty() {
         return Ok(());
     }
     let stream = out
         .write()
-        .map_err(|()| Error::Invalid(format!("body stream of {url}")))?;
+        .map_err(|()| Error::Invalid(format!("body stream of {shown}")))?;
     let mut rest = body;
     while !rest.is_empty() {
         stream.subscribe().block();
         let permit = stream
             .check_write()
-            .map_err(|e| Error::Transport(format!("{url}: writing the body: {e:?}")))?;
+            .map_err(|e| Error::Transport(format!("{shown}: writing the body: {e:?}")))?;
         let n = (permit as usize).min(rest.len());
         if n == 0 {
             continue;
         }
         stream
             .write(&rest[..n])
-            .map_err(|e| Error::Transport(format!("{url}: writing the body: {e:?}")))?;
+            .map_err(|e| Error::Transport(format!("{shown}: writing the body: {e:?}")))?;
         rest = &rest[n..];
     }
     stream
         .blocking_flush()
-        .map_err(|e| Error::Transport(format!("{url}: flushing the body: {e:?}")))
+        .map_err(|e| Error::Transport(format!("{shown}: flushing the body: {e:?}")))
 }
 
 /// The request for `verb url` with `headers` (and a content-length for a body
@@ -148,6 +222,7 @@ pub fn send(
     body: &[u8],
     timeout: Option<std::time::Duration>,
 ) -> Result<Response, Error> {
+    let shown = shown_url(url);
     let (req, out_body) = request(verb, url, headers, body.len())?;
     let options = timeout.map(|t| {
         let options = RequestOptions::new();
@@ -166,8 +241,8 @@ pub fn send(
     future.subscribe().block();
     let response = future
         .get()
-        .ok_or_else(|| Error::Transport(format!("{url}: no response")))?
-        .map_err(|()| Error::Transport(format!("{url}: response taken twice")))?
+        .ok_or_else(|| Error::Transport(format!("{shown}: no response")))?
+        .map_err(|()| Error::Transport(format!("{shown}: response taken twice")))?
         .map_err(|e| code(&e, url))?;
     // The server answered: its status says more than a body it stopped reading.
     let _ = (written, finished);
@@ -182,17 +257,17 @@ pub fn send(
     if verb != "HEAD" {
         let incoming = response
             .consume()
-            .map_err(|()| Error::Transport(format!("{url}: no body")))?;
+            .map_err(|()| Error::Transport(format!("{shown}: no body")))?;
         let stream = incoming
             .stream()
-            .map_err(|()| Error::Transport(format!("{url}: no body stream")))?;
+            .map_err(|()| Error::Transport(format!("{shown}: no body stream")))?;
         loop {
             match stream.blocking_read(1 << 20) {
                 Ok(chunk) => bytes.extend(chunk),
                 Err(StreamError::Closed) => break,
                 Err(e) => {
                     return Err(Error::Transport(format!(
-                        "{url}: reading the response: {e:?}"
+                        "{shown}: reading the response: {e:?}"
                     )));
                 }
             }

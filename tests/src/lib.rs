@@ -76,14 +76,15 @@ pub struct Output {
 }
 
 impl Output {
-    /// The final line for a stage: `✔ name (...)` or `✘ name (...)`, from stdout
-    /// (or stderr, where progress goes with `--json`).
+    /// The final line for a stage: `✔ name (...)`, `✘ name (...)` or, when it
+    /// was skipped, `⊘ name (...)`, from stdout (or stderr, where progress goes
+    /// with `--json`).
     pub fn stage_line(&self, stage: &str) -> &str {
         self.stdout
             .lines()
             .chain(self.stderr.lines())
             .find(|l| {
-                (l.starts_with("✔ ") || l.starts_with("✘ "))
+                (l.starts_with("✔ ") || l.starts_with("✘ ") || l.starts_with("⊘ "))
                     && l[4..].split_whitespace().next() == Some(stage)
             })
             .unwrap_or_else(|| {
@@ -179,11 +180,11 @@ impl Workspace {
         path
     }
 
-    /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}` are
+    /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}`, `{describe-loop}` are
     /// replaced by the paths of those test plugins.
     pub fn manifest(&self, yaml: &str) -> PathBuf {
         let mut text = yaml.to_string();
-        for name in ["hostile", "noop", "echo", "future-wit"] {
+        for name in ["hostile", "noop", "echo", "future-wit", "describe-loop"] {
             text = text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string());
         }
         self.write("pipeline.yaml", text)

@@ -294,6 +294,9 @@ fn retries_end_with_a_message_naming_the_endpoint_and_status() {
         "{line}"
     );
     assert!(line.contains("gave up after 2 attempt(s)"), "{line}");
+    // The count of what was lost is said once.
+    assert_eq!(line.matches("envelope(s)").count(), 1, "{line}");
+    assert!(line.contains(" envelope(s) not delivered"), "{line}");
 }
 
 #[test]

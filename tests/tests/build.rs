@@ -69,6 +69,25 @@ fn blob(ws: &Workspace, digest: &str) -> Vec<u8> {
 }
 
 #[test]
+fn an_empty_revision_leaves_the_label_out() {
+    // `${{ run.commit }}` is empty outside a git repository.
+    let ws = image_workspace();
+    ws.manifest(&IMAGE.replace("revision: abc123", "revision: \"\""));
+    let (out, result) = run_json(&ws);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let digest = output(&result, "image", "image.digest").unwrap().to_string();
+    let manifest: Value = serde_json::from_slice(&blob(&ws, &digest)).unwrap();
+    let config: Value =
+        serde_json::from_slice(&blob(&ws, manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let labels = config["config"]["Labels"].as_object().unwrap();
+    assert!(
+        !labels.contains_key("org.opencontainers.image.revision"),
+        "{labels:?}"
+    );
+    assert_eq!(labels["org.opencontainers.image.source"], "https://example.com/app");
+}
+
+#[test]
 fn daemonless_images_are_reproducible_and_valid_oci_layouts() {
     let ws = image_workspace();
     let (out, first) = run_json(&ws);

@@ -18,12 +18,22 @@ fn the_second_run_loads_compiled_code_from_the_cache() {
         "{}",
         first.stdout
     );
+    // On a cold cache each plugin's compile is announced (seconds in a debug
+    // build); a warm cache compiles and says nothing.
+    let noop = gantry_e2e::plugin("noop");
+    assert!(
+        first.stdout.lines().any(|l| l.starts_with(&format!("compiling {} (", noop.display()))
+            && l.ends_with("for this machine; later runs reuse it")),
+        "{}",
+        first.stdout
+    );
     let second = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
     assert!(
         second.stdout.contains("(compile cache: Hit)"),
         "{}",
         second.stdout
     );
+    assert!(!second.stdout.contains("compiling "), "{}", second.stdout);
 
     let dir = cache.path().join("components");
     assert_eq!(

@@ -103,6 +103,28 @@ fn plugins_list_shows_the_builtins() {
         .find(|l| l.starts_with("file "))
         .expect("file listed");
     assert!(file.contains("telemetry-sink"), "{file}");
+    // Columns line up, also after names longer than 12 characters.
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("NAME "))
+        .collect();
+    let version = rows[0].find("VERSION").expect("a header");
+    let world = rows[0].find("WORLD").unwrap();
+    assert!(rows.iter().any(|r| r.starts_with("docker-deploy ")), "{}", out.stdout);
+    for row in &rows[1..] {
+        assert!(
+            row[..version].ends_with("  ") && row[version..].starts_with("0."),
+            "misaligned version: {row:?}\n{}",
+            out.stdout
+        );
+        assert!(
+            row[..world].ends_with("  ")
+                && (row[world..].starts_with("stage ") || row[world..].starts_with("telemetry-sink ")),
+            "misaligned world: {row:?}\n{}",
+            out.stdout
+        );
+    }
 }
 
 #[test]

@@ -73,10 +73,12 @@ stages:
     );
     let out = ws.run();
     assert_eq!(out.code, Some(1));
+    let line = out.stage_line("dependent");
     assert!(
-        out.stage_line("dependent")
-            .contains("skipped: it needs `broken`, which did not succeed")
+        line.starts_with("⊘ dependent") && line.contains("skipped: it needs `broken`, which did not succeed"),
+        "a skipped stage has its own mark, not the success tick: {line}"
     );
+    assert!(out.stage_line("broken").starts_with("✘ broken"));
     assert!(out.succeeded("independent"));
     assert!(
         !out.stdout.contains("▶ dependent"),
@@ -96,6 +98,10 @@ stages:
     uses: "{echo}"
     with: { message: "token=s3cr3t-value-42", secret: token }
     permissions: { secrets: [token] }
+  - name: smuggler
+    uses: "{hostile}"
+    with: { attack: secret-in-keys, target: token }
+    permissions: { secrets: [token] }
 telemetry:
   - uses: file
     with: { path: events.jsonl }
@@ -107,8 +113,25 @@ telemetry:
     assert!(out.stderr.contains("secret token is ***"), "{}", out.stderr);
     assert!(out.stderr.contains("echo: token=***"), "{}", out.stderr);
     assert!(!out.all().contains("s3cr3t-value-42"), "{}", out.all());
+    // Output keys, artifact fields and event names/keys are masked too, in
+    // everything the host stores.
+    assert!(out.stdout.contains("out-***"), "{}", out.stdout);
     let events = std::fs::read_to_string(ws.path().join("events.jsonl")).unwrap();
-    assert!(!events.contains("s3cr3t-value-42"));
+    assert!(!events.contains("s3cr3t-value-42"), "{events}");
+    assert!(events.contains("ev-***") && events.contains("key-***"), "{events}");
+    let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let dir = std::path::PathBuf::from(result["dir"].as_str().unwrap());
+    let mut stored = String::new();
+    for f in ["journal.jsonl", "summary.json"] {
+        stored += &std::fs::read_to_string(dir.join(f)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.join("logs")).unwrap() {
+        stored += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    }
+    assert!(!stored.contains("s3cr3t-value-42"), "{stored}");
+    for masked in ["name-***", "type/***", "path-***", "ref-***", "sha256:***", "ann-***", "val-***", "out-***"] {
+        assert!(stored.contains(masked), "`{masked}` in the journal: {stored}");
+    }
 }
 
 #[test]

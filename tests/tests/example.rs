@@ -29,7 +29,10 @@ fn the_hello_example_pipeline_succeeds() {
         out.stderr
     );
     let result: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded", "{}", out.stdout);
+    assert!(result["duration_ms"].as_u64().unwrap() > 0, "{}", out.stdout);
     assert_eq!(result["stages"][3]["name"], "deploy", "{}", out.stdout);
+    assert!(out.stage_line("deploy").starts_with("⊘ deploy"), "{}", out.stderr);
     assert_eq!(
         result["stages"][3]["status"], "skipped",
         "the default environment needs no Docker: {}",
@@ -48,6 +51,11 @@ fn the_hello_example_pipeline_succeeds() {
     );
 
     let run_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["status"], "succeeded");
+    assert_eq!(summary["duration_ms"], result["duration_ms"]);
     let telemetry = std::fs::read_to_string(run_dir.join("telemetry.jsonl")).unwrap();
     let last: Value = serde_json::from_str(telemetry.lines().last().unwrap()).unwrap();
     assert_eq!(last["kind"], "run-finished");

@@ -291,6 +291,7 @@ stages:
     );
     let (out, result) = run_json(&ws, &[]);
     assert_eq!(out.code, Some(1));
+    assert_eq!(result["status"], "failed", "the run-level result");
     let count = |f: &str| std::fs::read_to_string(ws.path().join(f)).unwrap();
     assert_eq!(stage(&result, "flaky")["status"], "succeeded");
     assert_eq!(count("flaky.count"), "3");

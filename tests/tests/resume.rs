@@ -57,11 +57,16 @@ fn run_id(journal: &std::path::Path) -> String {
         .into_owned()
 }
 
-/// Resume and check the run completed with each stage finished exactly once.
-fn resume_and_check(ws: &Workspace, journal: &std::path::Path) -> Value {
+/// Resume and check the run completed with each stage finished exactly once,
+/// and that gantry said what it kept and what it started again (`says`).
+fn resume_and_check(ws: &Workspace, journal: &std::path::Path, says: &[String]) -> Value {
     let out = ws.gantry(&["resume", &run_id(journal), "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
+    for text in says {
+        assert!(out.stderr.contains(text.as_str()), "expected `{text}` in:\n{}", out.stderr);
+    }
     let result: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(result["status"], "succeeded");
     let third = result["stages"]
         .as_array()
         .unwrap()
@@ -114,7 +119,14 @@ fn a_killed_run_resumes_without_rerunning_finished_stages() {
             assert_eq!(count(&before, "stage-finished", s), 1);
         }
 
-        resume_and_check(&ws, &journal);
+        // What resume says: the finished stages with their recorded durations
+        // (each sleeps 1.2 s), the one cut off by the kill.
+        let mut says = vec![format!("starting again: {victim} (cut off after ")];
+        if i > 0 {
+            says.push(format!("kept {i} finished stage(s): first (succeeded, 1."));
+            says.push("✔ first (1.".to_string());
+        }
+        resume_and_check(&ws, &journal, &says);
         // Side effects: finished stages ran once; the one killed mid-run may have
         // run twice (its completion was never recorded); later ones once.
         for s in &finished_before {
@@ -152,7 +164,15 @@ fn ctrl_c_stops_the_run_and_records_it() {
         .expect("cancellation recorded");
     assert_eq!(cancelled["stages"], serde_json::json!(["second"]));
     assert_eq!(count(&recs, "stage-finished", "second"), 0);
-    resume_and_check(&ws, &journal);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(journal.with_file_name("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["status"], "cancelled", "{summary}");
+    resume_and_check(
+        &ws,
+        &journal,
+        &["starting again: second (cancelled after ".to_string()],
+    );
     assert_eq!(runs_of(&ws, "first"), 1);
 }
 

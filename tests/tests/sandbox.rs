@@ -200,6 +200,14 @@ fn sockets_are_denied() {
     let out = attack(&ws, "socket", &format!("127.0.0.1:{}", server.port), "");
     failed_with(&out, "denied", "cannot connect to 127.0.0.1");
     assert_eq!(server.hits(), 0);
+    // The user is told too, with where outgoing HTTP is granted instead.
+    assert!(
+        out.stdout.contains(
+            "denied: stage `evil` is not allowed to open a network socket: sockets are never granted; for outgoing HTTP, grant the origin with `stages[0].permissions.http`"
+        ),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -270,6 +278,112 @@ fn a_log_flood_is_stopped_by_the_log_cap() {
         "the flood must not reach the terminal: {} bytes",
         out.stdout.len()
     );
+}
+
+#[test]
+fn a_stage_that_ignores_write_errors_past_its_log_cap_is_still_stopped() {
+    let ws = Workspace::new();
+    let out = attack(&ws, "stdout-flood-ignoring-errors", "", "    limits: { log: 64KiB }\n");
+    failed_with(&out, "stopped", "wrote more than its log cap of 64.0 KiB (raise `limits.log`)");
+}
+
+#[test]
+fn telemetry_is_limited_by_size_and_count() {
+    let ws = Workspace::new();
+    // 600 events of 1 MiB each: stopped at the default 4 MiB.
+    let out = attack(&ws, "telemetry-flood", "", "");
+    failed_with(
+        &out,
+        "stopped",
+        "sent more telemetry than its limit of 4.0 MiB or 10000 metrics and events (raise `limits.telemetry` or `limits.events`)",
+    );
+    // Small events, but more than `limits.events`.
+    let out = contain(
+        &ws,
+        "  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: telemetry-flood, args: [\"50\", \"10\"] }\n    limits: { events: 20 }\n",
+    );
+    failed_with(&out, "stopped", "or 20 metrics and events");
+}
+
+#[test]
+fn summaries_outputs_and_artifacts_are_limited_by_size() {
+    let ws = Workspace::new();
+    let out = attack(&ws, "big-summary", "1048576", "");
+    failed_with(
+        &out,
+        "stopped",
+        "returned a summary of 1.0 MiB, more than its limit of 64.0 KiB (raise `limits.summary`)",
+    );
+    assert!(!out.all().contains(&"s".repeat(70_000)), "the summary is not printed");
+    let out = attack(&ws, "big-outputs", "2097152", "");
+    failed_with(&out, "stopped", "more than its limit of 1.0 MiB (raise `limits.outputs`)");
+    let out = attack(&ws, "big-artifacts", "4096", "    limits: { artifacts: 1KiB }\n");
+    failed_with(&out, "stopped", "more than its limit of 1.0 KiB (raise `limits.artifacts`)");
+    // Within a raised limit the same summary is fine.
+    let out = contain(
+        &ws,
+        "  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: big-summary, target: \"100000\" }\n    limits: { summary: 128KiB }\n",
+    );
+    assert!(out.succeeded("evil"), "{}", out.all());
+}
+
+#[test]
+fn engine_build_paths_are_checked_before_the_filesystem_is_touched() {
+    let ws = Workspace::new();
+    let grant = "    permissions: { engine: true }\n";
+    // A Dockerfile outside the context is refused as text, whether it exists or not.
+    for dockerfile in ["../../../../etc/passwd", "../../../../no/such/file", "/etc/passwd"] {
+        let out = attack(&ws, "engine-build", dockerfile, grant);
+        failed_with(
+            &out,
+            "failed",
+            &format!("dockerfile `{dockerfile}` must be a relative path inside the workspace"),
+        );
+    }
+    // A planted link as the context gets one answer, whether its target exists or not.
+    std::os::unix::fs::symlink("/etc", ws.path().join("to-etc")).unwrap();
+    std::os::unix::fs::symlink("/no/such/dir", ws.path().join("to-nowhere")).unwrap();
+    let mut answers = vec![];
+    for ctx in ["to-etc", "to-nowhere"] {
+        let out = contain(
+            &ws,
+            &format!(
+                "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [{ctx}] }}\n{grant}"
+            ),
+        );
+        let line = failed_with(&out, "failed", "leads outside the workspace").to_string();
+        answers.push(line.replace(ctx, "CTX").split("): ").nth(1).unwrap().to_string());
+    }
+    assert_eq!(answers[0], answers[1], "the answers must not tell the two apart");
+}
+
+#[test]
+fn an_artifact_outside_the_workspace_is_denied() {
+    let ws = Workspace::new();
+    for path in ["../outside.tar", "/etc/passwd", "a/../../b"] {
+        let out = attack(&ws, "artifact-outside", path, "");
+        failed_with(
+            &out,
+            "denied",
+            &format!("returned artifact `escape` with path `{path}` outside the workspace"),
+        );
+    }
+}
+
+#[test]
+fn a_describe_that_loops_is_stopped_with_its_budget_named() {
+    let ws = Workspace::new();
+    ws.manifest("pipeline: p\nstages:\n  - name: slow\n    uses: \"{describe-loop}\"\n");
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("describe() used up the CPU budget of 5s that describe() runs under"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.all().contains("backtrace"), "no raw backtrace without --verbose: {}", out.all());
+    let verbose = ws.gantry(&["validate", "pipeline.yaml", "--verbose"]);
+    assert!(verbose.all().contains("backtrace"), "--verbose keeps it: {}", verbose.all());
 }
 
 #[test]

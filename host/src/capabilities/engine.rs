@@ -103,13 +103,21 @@ impl EngineState {
 
     async fn build(&self, req: BuildRequest) -> Result<String, HostError> {
         self.check("build")?;
-        let context = super::workspace::resolve_inside(&self.workspace, &req.context)
-            .map_err(HostError::Invalid)?;
         let dockerfile = req
             .dockerfile
             .clone()
             .unwrap_or_else(|| "Dockerfile".into());
-        if !context.join(&dockerfile).is_file() {
+        // Both paths are checked as text before anything on disk is looked at,
+        // so that no answer tells whether a path outside the workspace exists.
+        super::workspace::check_relative(&dockerfile)
+            .map_err(|e| HostError::Invalid(format!("dockerfile {e}")))?;
+        let context = super::workspace::resolve_inside(&self.workspace, &req.context)
+            .map_err(HostError::Invalid)?;
+        // Not followed if it is a link: the engine reads it from the context's
+        // tarball, where a link cannot leave the context.
+        let is_file = std::fs::symlink_metadata(context.join(&dockerfile))
+            .is_ok_and(|m| m.is_file());
+        if !is_file {
             return Err(failed(format!(
                 "no Dockerfile at `{}` in the build context `{}`",
                 dockerfile, req.context

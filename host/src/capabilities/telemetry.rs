@@ -75,15 +75,37 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Per-instance state: the stage's name on its events.
+/// Per-instance state: the stage's name on its events, and what it may still send.
 pub struct TelemetryState {
     pub collector: Collector,
     pub base: EventBase,
     pub stage: String,
     pub redactor: crate::redact::Redactor,
+    /// `limits.telemetry` (bytes) and `limits.events`.
+    pub max_bytes: u64,
+    pub max_events: u64,
+    pub sent_bytes: u64,
+    pub sent_events: u64,
+    /// Set when the stage went past a limit: it is stopped, and the trap is
+    /// explained with the limit's name.
+    pub exceeded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TelemetryState {
+    /// Count one metric or event against the stage's limits; an error stops
+    /// the stage (a guest that ignores the limit would grow the host's memory).
+    fn charge(&mut self, name: &str, properties: &[(String, String)]) -> wasmtime::Result<()> {
+        let bytes = name.len() + properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        self.sent_bytes += bytes as u64;
+        self.sent_events += 1;
+        if self.sent_bytes > self.max_bytes || self.sent_events > self.max_events {
+            self.exceeded
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            wasmtime::bail!("telemetry limit exceeded");
+        }
+        Ok(())
+    }
+
     fn redact(&self, properties: Vec<(String, String)>) -> Vec<(String, String)> {
         properties
             .into_iter()
@@ -99,6 +121,7 @@ impl wit::Host for StageState {
         value: f64,
         properties: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        self.telemetry.charge(&name, &properties)?;
         let t = &self.telemetry;
         let mut e = t
             .base
@@ -114,6 +137,7 @@ impl wit::Host for StageState {
         name: String,
         properties: Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
+        self.telemetry.charge(&name, &properties)?;
         let t = &self.telemetry;
         let kind = if name == "deployment" {
             EventKind::Deployment

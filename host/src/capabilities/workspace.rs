@@ -68,7 +68,7 @@ impl WorkspaceGrant {
 }
 
 /// `rel` must be a relative path without `..`.
-fn check_relative(rel: &str) -> Result<&std::path::Path, String> {
+pub fn check_relative(rel: &str) -> Result<&std::path::Path, String> {
     use std::path::Component;
     let path = std::path::Path::new(rel);
     if rel.is_empty()
@@ -89,14 +89,33 @@ pub fn resolve_inside(workspace: &Path, rel: &str) -> Result<std::path::PathBuf,
     if rel.is_empty() || rel == "." {
         return Ok(workspace.to_path_buf());
     }
-    let full = workspace
-        .join(check_relative(rel)?)
-        .canonicalize()
-        .map_err(|e| format!("`{rel}`: {e}"))?;
-    if !full.starts_with(workspace) {
-        return Err(format!("`{rel}` leads outside the workspace"));
+    let lexical = workspace.join(check_relative(rel)?);
+    let outside = || format!("`{rel}` leads outside the workspace");
+    match lexical.canonicalize() {
+        Ok(full) if full.starts_with(workspace) => Ok(full),
+        Ok(_) => Err(outside()),
+        // Through a link, "does not exist" would tell a stage whether a path
+        // outside the workspace exists: answer as for any link leading out.
+        Err(_) if has_link(workspace, &lexical) => Err(outside()),
+        Err(e) => Err(format!("`{rel}`: {e}")),
     }
-    Ok(full)
+}
+
+/// Whether any existing component of `path` below `workspace` is a symlink.
+fn has_link(workspace: &Path, path: &Path) -> bool {
+    let Ok(rest) = path.strip_prefix(workspace) else {
+        return true;
+    };
+    let mut at = workspace.to_path_buf();
+    for c in rest.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// A path inside the workspace that may not exist yet: its nearest existing

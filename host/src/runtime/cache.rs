@@ -90,14 +90,16 @@ impl CompileCache {
     }
 
     /// The component for `bytes` (whose sha256 is `digest`), from the cache or
-    /// compiled now.
+    /// compiled now; `compiling` is called just before a compile starts.
     pub fn load(
         &self,
         engine: &Engine,
         bytes: &[u8],
         digest: &str,
+        compiling: &dyn Fn(),
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(dir) = &self.dir else {
+            compiling();
             return Ok((Component::new(engine, bytes)?, CacheOutcome::Bypassed));
         };
         let hex = digest.trim_start_matches("sha256:");
@@ -110,6 +112,7 @@ impl CompileCache {
                 return Ok((component, CacheOutcome::Hit));
             }
         }
+        compiling();
         let component = Component::new(engine, bytes)?;
         let stored = component
             .serialize()

@@ -9,13 +9,24 @@ use wasmtime::{Engine, ResourceLimiter};
 /// One epoch tick. CPU budgets are counted in ticks spent running WebAssembly.
 pub const TICK: Duration = Duration::from_millis(10);
 
-/// Resolved limits of a stage.
+/// Resolved limits of a stage. Everything a guest hands the host is bounded,
+/// so that a stage cannot make the host hold or write more than these.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub memory: u64,
     pub cpu: Duration,
     pub log: u64,
     pub timeout: Duration,
+    /// Bytes of metric and event names and properties.
+    pub telemetry: u64,
+    /// Number of metrics and events.
+    pub events: u64,
+    /// Bytes of output keys and values.
+    pub outputs: u64,
+    /// Bytes of the summary.
+    pub summary: u64,
+    /// Bytes of all artifact fields.
+    pub artifacts: u64,
 }
 
 impl Default for Limits {
@@ -25,7 +36,52 @@ impl Default for Limits {
             cpu: Duration::from_secs(300),
             log: 16 << 20,
             timeout: Duration::from_secs(3600),
+            telemetry: 4 << 20,
+            events: 10_000,
+            outputs: 1 << 20,
+            summary: 64 << 10,
+            artifacts: 1 << 20,
         }
+    }
+}
+
+impl Limits {
+    /// Check what a stage returned against the limits; the error names the
+    /// limit to raise.
+    pub fn check_outcome(
+        &self,
+        outcome: &crate::runtime::bindings::types::Outcome,
+    ) -> Result<(), String> {
+        use crate::units::format_size;
+        let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let opt = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+        let outputs = pairs(&outcome.outputs) as u64;
+        let artifacts = outcome
+            .artifacts
+            .iter()
+            .map(|a| {
+                a.name.len()
+                    + a.media_type.len()
+                    + opt(&a.path)
+                    + opt(&a.reference)
+                    + opt(&a.digest)
+                    + pairs(&a.annotations)
+            })
+            .sum::<usize>() as u64;
+        for (what, size, cap, name) in [
+            ("a summary", outcome.summary.len() as u64, self.summary, "summary"),
+            ("outputs", outputs, self.outputs, "outputs"),
+            ("artifacts", artifacts, self.artifacts, "artifacts"),
+        ] {
+            if size > cap {
+                return Err(format!(
+                    "returned {what} of {}, more than its limit of {} (raise `limits.{name}`)",
+                    format_size(size),
+                    format_size(cap)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

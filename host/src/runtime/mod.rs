@@ -138,18 +138,46 @@ impl Runtime {
     /// Check, compile (or fetch from the cache) and link a plugin. Loading the
     /// same bytes twice in one process returns the same plugin.
     pub fn load(&self, source: &PluginBytes) -> Result<Arc<Plugin>, LoadError> {
+        self.load_reporting(source, &crate::report::Silent)
+    }
+
+    /// [`Runtime::load`], saying on `reporter` when a plugin has to be compiled
+    /// (a cold cache: seconds per plugin, which would otherwise pass in silence).
+    pub fn load_reporting(
+        &self,
+        source: &PluginBytes,
+        reporter: &dyn crate::report::Reporter,
+    ) -> Result<Arc<Plugin>, LoadError> {
         if let Some(p) = self.loaded.lock().unwrap().get(&source.digest) {
             return Ok(p.clone());
         }
         let label = source.label.clone();
         loader::check_header(&label, &source.bytes)?;
+        let started = std::time::Instant::now();
+        let announce = || {
+            reporter.note(&format!(
+                "compiling {label} ({:.1} MB) for this machine{}",
+                source.bytes.len() as f64 / 1e6,
+                if self.cache.dir().is_some() {
+                    "; later runs reuse it"
+                } else {
+                    ""
+                }
+            ))
+        };
         let (component, cache) = self
             .cache
-            .load(&self.engine, &source.bytes, &source.digest)
+            .load(&self.engine, &source.bytes, &source.digest, &announce)
             .map_err(|e| LoadError::Invalid {
                 label: label.clone(),
                 reason: format!("{e:#}"),
             })?;
+        if cache != CacheOutcome::Hit {
+            reporter.debug(&format!(
+                "compiled {label} in {:.2}s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
         let world = loader::contract(&self.engine, &label, &component)?;
         let link_err = |e: wasmtime::Error| LoadError::Link {
             label: label.clone(),
@@ -213,7 +241,8 @@ impl Runtime {
             ..Limits::default()
         };
         let state = StageState::prepare(ctx, subject, &Grants::default(), &limits)?;
-        let mut store = self.store(state, &limits, Arc::default());
+        let cpu = Arc::new(AtomicBool::new(false));
+        let mut store = self.store(state, &limits, cpu.clone());
         let call = async {
             match &plugin.pre {
                 Pre::Stage(pre) => {
@@ -228,13 +257,36 @@ impl Runtime {
         };
         match tokio::time::timeout(limits.timeout, call).await {
             Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(anyhow::anyhow!(
-                "{}: describe() failed: {e:#}",
-                plugin.label
-            )),
+            // `{e}` is the budget or trap in words; `{e:#}` adds the trap and
+            // its wasm backtrace, for --verbose.
+            Ok(Err(trap)) => {
+                let state = store.data();
+                let why = if state.limiter.exceeded.load(Ordering::Relaxed) {
+                    format!(
+                        "exceeded the memory limit of {} that describe() runs under",
+                        crate::units::format_size(limits.memory)
+                    )
+                } else if cpu.load(Ordering::Relaxed) {
+                    format!(
+                        "used up the CPU budget of {}s that describe() runs under (it must return at once, without side effects)",
+                        limits.cpu.as_secs()
+                    )
+                } else {
+                    match trap.downcast_ref::<wasmtime::Trap>() {
+                        Some(code) => format!("trapped: {code}"),
+                        None => format!("failed: {}", trap.root_cause()),
+                    }
+                };
+                Err(DescribeFailed {
+                    message: format!("{}: describe() {why}", plugin.label),
+                    detail: format!("{trap:?}"),
+                }
+                .into())
+            }
             Err(_) => Err(anyhow::anyhow!(
-                "{}: describe() did not return within 10s",
-                plugin.label
+                "{}: describe() did not return within {}s",
+                plugin.label,
+                limits.timeout.as_secs()
             )),
         }
     }
@@ -267,7 +319,13 @@ impl Runtime {
         let state = store.data();
         match result {
             Err(_) => Err(Failure::Timeout(limits.timeout)),
-            Ok(Ok(Ok(outcome))) => Ok(outcome),
+            // Past the cap stdout writes fail; a guest that ignored that and
+            // went on is stopped all the same.
+            Ok(Ok(_)) if state.log.flooded() => Err(Failure::Stopped(log_cap_message(limits))),
+            Ok(Ok(Ok(outcome))) => match limits.check_outcome(&outcome) {
+                Ok(()) => Ok(outcome),
+                Err(why) => Err(Failure::Stopped(why)),
+            },
             Ok(Ok(Err(e))) => Err(Failure::Stage(e)),
             Ok(Err(trap)) => Err(Failure::classify(
                 trap,
@@ -318,6 +376,15 @@ impl Runtime {
     }
 }
 
+/// describe() failed: `message` names the budget or trap in words; `detail`
+/// is the trap with its wasm backtrace, shown with `--verbose`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct DescribeFailed {
+    pub message: String,
+    pub detail: String,
+}
+
 /// What every instance of a run shares.
 #[derive(Clone)]
 pub struct InstanceContext {
@@ -332,6 +399,13 @@ pub struct InstanceContext {
     pub run_dir: Option<PathBuf>,
     /// The environment's Kubernetes cluster, connected on first use.
     pub cluster: Arc<crate::capabilities::cluster::kube::Connection>,
+}
+
+fn log_cap_message(limits: &Limits) -> String {
+    format!(
+        "wrote more than its log cap of {} (raise `limits.log`)",
+        crate::units::format_size(limits.log)
+    )
 }
 
 /// A trap this many frames deep is reported as probable runaway recursion.
@@ -370,9 +444,12 @@ impl Failure {
                 limits.cpu
             )
         } else if state.log.flooded() {
+            log_cap_message(limits)
+        } else if state.telemetry.exceeded.load(Ordering::Relaxed) {
             format!(
-                "wrote more than its log cap of {} (raise `limits.log`)",
-                format_size(limits.log)
+                "sent more telemetry than its limit of {} or {} metrics and events (raise `limits.telemetry` or `limits.events`)",
+                format_size(limits.telemetry),
+                limits.events
             )
         } else {
             // The trap code and the depth of the call stack say more to a user than
@@ -467,8 +544,36 @@ impl StageState {
                 log: log.clone(),
                 level: Level::Warn,
             })
-            .allow_tcp(false)
-            .allow_udp(false)
+            // Sockets are never granted. TCP and UDP are "allowed" only so that
+            // every connect, bind and send reaches this check, which refuses it
+            // and tells the user (a socket that is never connected or bound
+            // reaches nothing).
+            .allow_tcp(true)
+            .allow_udp(true)
+            .socket_addr_check({
+                let subject = subject.clone();
+                move |addr, what| {
+                    use wasmtime_wasi::sockets::SocketAddrUse as U;
+                    // A connect first asks for an implicit bind to the wildcard
+                    // address, which is where it is refused.
+                    let attempt = match what {
+                        U::TcpBind | U::UdpBind
+                            if addr.ip().is_unspecified() && addr.port() == 0 =>
+                        {
+                            "to open a network socket".to_string()
+                        }
+                        U::TcpBind | U::UdpBind => format!("to bind a socket to {addr}"),
+                        U::TcpListen => format!("to listen on {addr}"),
+                        _ => format!("to connect to {addr}"),
+                    };
+                    subject.denials.record(format!(
+                        "stage `{}` is not allowed {attempt}: sockets are never granted; \
+                         for outgoing HTTP, grant the origin with `{}.permissions.http`",
+                        subject.name, subject.field
+                    ));
+                    Box::pin(std::future::ready(false))
+                }
+            })
             .allow_ip_name_lookup(false);
         // An empty path means no workspace at all (describe() at validate time).
         if !ctx.workspace.as_os_str().is_empty() {
@@ -500,6 +605,11 @@ impl StageState {
                 base: ctx.base.clone(),
                 stage: subject.name.clone(),
                 redactor: ctx.redactor.clone(),
+                max_bytes: limits.telemetry,
+                max_events: limits.events,
+                sent_bytes: 0,
+                sent_events: 0,
+                exceeded: Arc::default(),
             },
             engine: engine::EngineState {
                 grant: grants.engine,

@@ -359,8 +359,14 @@ impl SinkGuest for AppInsights {
             let mut total = transport::Report::default();
             for (i, batch) in items.chunks(sink.config.max_batch).enumerate() {
                 let report = transport::deliver(batch, &url, &mut io, &policy).map_err(|e| {
-                    let left = items.len() - i * sink.config.max_batch;
-                    let note = format!(" ({left} of {} envelope(s) not sent or not accepted)", items.len());
+                    // The transport counts this batch's undelivered envelopes;
+                    // add the later batches, which were never sent.
+                    let later = items.len().saturating_sub((i + 1) * sink.config.max_batch);
+                    let note = if later > 0 {
+                        format!("; the {later} envelope(s) of later batches were not sent")
+                    } else {
+                        String::new()
+                    };
                     match e {
                         StageError::Transient(m) => StageError::Transient(m + &note),
                         StageError::Failed(m) => StageError::Failed(m + &note),

@@ -358,11 +358,14 @@ pub fn build(image: &Image) -> Result<Built, StageError> {
     }
     let mut labels: HashMap<String, String> = config.labels().clone().unwrap_or_default();
     labels.extend(image.labels.clone());
-    if let Some(s) = &image.source {
-        labels.insert("org.opencontainers.image.source".into(), s.clone());
+    // An empty value (`${{ run.commit }}` outside a git repository) says
+    // nothing: leave the label out rather than write "".
+    let given = |v: &Option<String>| v.as_ref().filter(|v| !v.trim().is_empty()).cloned();
+    if let Some(s) = given(&image.source) {
+        labels.insert("org.opencontainers.image.source".into(), s);
     }
-    if let Some(r) = &image.revision {
-        labels.insert("org.opencontainers.image.revision".into(), r.clone());
+    if let Some(r) = given(&image.revision) {
+        labels.insert("org.opencontainers.image.revision".into(), r);
     }
     if !labels.is_empty() {
         config.set_labels(Some(labels));

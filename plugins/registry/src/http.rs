@@ -6,27 +6,28 @@
 // The request and response types are the SDK's blocking client's; only
 // sending differs.
 pub use gantry_sdk::http::{Error, Response};
-use gantry_sdk::http::{code, request};
+use gantry_sdk::http::{code, request, shown_url};
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::OutgoingBody;
 use wstd::io::{AsyncInputStream, AsyncOutputStream, AsyncPollable};
 
 async fn write_body(out: &OutgoingBody, body: &[u8], url: &str) -> Result<(), Error> {
+    let shown = shown_url(url);
     if body.is_empty() {
         return Ok(());
     }
     let stream = AsyncOutputStream::new(
         out.write()
-            .map_err(|()| Error::Invalid(format!("body stream of {url}")))?,
+            .map_err(|()| Error::Invalid(format!("body stream of {}", shown_url(url))))?,
     );
     stream
         .write_all(body)
         .await
-        .map_err(|e| Error::Transport(format!("{url}: writing the body: {e}")))?;
+        .map_err(|e| Error::Transport(format!("{shown}: writing the body: {e}")))?;
     stream
         .flush()
         .await
-        .map_err(|e| Error::Transport(format!("{url}: flushing the body: {e}")))
+        .map_err(|e| Error::Transport(format!("{shown}: flushing the body: {e}")))
 }
 
 /// Send one request and read the whole response.
@@ -36,6 +37,7 @@ pub async fn send(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<Response, Error> {
+    let shown = shown_url(url);
     let (req, out_body) = request(verb, url, headers, body.len())?;
     let future = outgoing_handler::handle(req, None).map_err(|e| code(&e, url))?;
     // A refused request (not granted, connection refused) shows up as a closed
@@ -45,8 +47,8 @@ pub async fn send(
     AsyncPollable::new(future.subscribe()).wait_for().await;
     let response = future
         .get()
-        .ok_or_else(|| Error::Transport(format!("{url}: no response")))?
-        .map_err(|()| Error::Transport(format!("{url}: response taken twice")))?
+        .ok_or_else(|| Error::Transport(format!("{shown}: no response")))?
+        .map_err(|()| Error::Transport(format!("{shown}: response taken twice")))?
         .map_err(|e| code(&e, url))?;
     // The server answered: its status says more than a body it stopped reading.
     let _ = (written, finished);
@@ -61,11 +63,11 @@ pub async fn send(
     if verb != "HEAD" {
         let incoming = response
             .consume()
-            .map_err(|()| Error::Transport(format!("{url}: no body")))?;
+            .map_err(|()| Error::Transport(format!("{shown}: no body")))?;
         let stream = AsyncInputStream::new(
             incoming
                 .stream()
-                .map_err(|()| Error::Transport(format!("{url}: no body stream")))?,
+                .map_err(|()| Error::Transport(format!("{shown}: no body stream")))?,
         );
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -74,7 +76,7 @@ pub async fn send(
                 Ok(n) => bytes.extend_from_slice(&buf[..n]),
                 Err(e) => {
                     return Err(Error::Transport(format!(
-                        "{url}: reading the response: {e}"
+                        "{shown}: reading the response: {e}"
                     )));
                 }
             }

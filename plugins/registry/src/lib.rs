@@ -9,6 +9,7 @@
 mod http;
 
 use base64::Engine as _;
+use gantry_sdk::http::shown_url;
 use gantry_sdk::prefix;
 use gantry_sdk::{Artifact, CapabilityKind, Guest, Outcome, StageContext, StageError, StageInfo};
 use serde::Deserialize;
@@ -241,6 +242,16 @@ fn challenge(header: &str) -> (String, HashMap<String, String>) {
     (scheme.to_ascii_lowercase(), params)
 }
 
+/// A status and what the registry said, for a message:
+/// `503 Service Unavailable (empty body)`, `400 Bad Request: MANIFEST_INVALID: ...`.
+fn answer(status: u16, detail: &str) -> String {
+    let status = gantry_sdk::http::status_text(status);
+    match detail.trim() {
+        "" => format!("{status} (empty body)"),
+        detail => format!("{status}: {detail}"),
+    }
+}
+
 /// The registry's error, `CODE: message`, from an error body.
 fn registry_error(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
@@ -290,7 +301,7 @@ impl Registry {
             let retry_after = match &result {
                 Err(http::Error::Denied(m)) => return Err(StageError::Denied(m.clone())),
                 Err(http::Error::Invalid(m)) => return Err(StageError::InvalidConfig(m.clone())),
-                Err(http::Error::Transport(m)) => Some((m.clone(), None)),
+                Err(http::Error::Transport(m)) => Some((format!("{verb} {m}"), None)),
                 Ok(r) if r.status == 401 && !answered_challenge => {
                     answered_challenge = true;
                     let header = r.header("www-authenticate").unwrap_or("").to_string();
@@ -305,12 +316,17 @@ impl Registry {
                         format!(": {detail}")
                     };
                     return Err(StageError::Failed(format!(
-                        "{} rejected the credentials (401 for {verb} {url}{detail})",
-                        self.registry
+                        "{} rejected the credentials (401 for {verb} {}{detail})",
+                        self.registry,
+                        shown_url(url)
                     )));
                 }
                 Ok(r) if r.status == 429 || r.status >= 500 => Some((
-                    format!("{verb} {url}: {} {}", r.status, registry_error(&r.body)),
+                    format!(
+                        "{verb} {}: {}",
+                        shown_url(url),
+                        answer(r.status, &registry_error(&r.body))
+                    ),
                     r.header("retry-after")
                         .and_then(|v| v.trim().parse::<u64>().ok()),
                 )),
@@ -506,9 +522,8 @@ impl Registry {
             })?;
         if r.status != 200 {
             return Err(failed(format!(
-                "token service {shown} answered {}: {}",
-                r.status,
-                registry_error(&r.body)
+                "token service {shown} answered {}",
+                answer(r.status, &registry_error(&r.body))
             )));
         }
         serde_json::from_slice(&r.body)
@@ -543,9 +558,8 @@ impl Registry {
         }
         if start.status != 202 {
             return Err(failed(format!(
-                "starting the upload: {} {}",
-                start.status,
-                registry_error(&start.body)
+                "starting the upload: {}",
+                answer(start.status, &registry_error(&start.body))
             )));
         }
         let mut location = self.absolute(
@@ -578,9 +592,8 @@ impl Registry {
                     .await?;
                 if r.status != 202 {
                     return Err(failed(format!(
-                        "uploading bytes {offset}-{end}: {} {}",
-                        r.status,
-                        registry_error(&r.body)
+                        "uploading bytes {offset}-{end}: {}",
+                        answer(r.status, &registry_error(&r.body))
                     )));
                 }
                 location = self.absolute(
@@ -603,9 +616,8 @@ impl Registry {
             .await?;
         if put.status != 201 {
             return Err(failed(format!(
-                "finishing the upload: {} {}",
-                put.status,
-                registry_error(&put.body)
+                "finishing the upload: {}",
+                answer(put.status, &registry_error(&put.body))
             )));
         }
         Ok(Sent::Uploaded)
@@ -645,9 +657,8 @@ impl Registry {
             .await?;
         if r.status != 201 {
             return Err(failed(format!(
-                "pushing the manifest as `{reference}`: {} {}",
-                r.status,
-                registry_error(&r.body)
+                "pushing the manifest as `{reference}`: {}",
+                answer(r.status, &registry_error(&r.body))
             )));
         }
         if let Some(d) = r.header("docker-content-digest")
@@ -977,5 +988,19 @@ mod tests {
             "DENIED: no"
         );
         assert_eq!(registry_error(b"plain"), "plain");
+    }
+
+    #[test]
+    fn answers_and_urls_read_as_words() {
+        assert_eq!(answer(503, ""), "503 Service Unavailable (empty body)");
+        assert_eq!(
+            answer(400, "MANIFEST_INVALID: bad"),
+            "400 Bad Request: MANIFEST_INVALID: bad"
+        );
+        assert_eq!(answer(599, " "), "599 (empty body)");
+        assert_eq!(
+            shown_url("http://r:5000/v2/a/blobs/uploads/u1?_state=c2VjcmV0&digest=sha256:1"),
+            "http://r:5000/v2/a/blobs/uploads/u1"
+        );
     }
 }

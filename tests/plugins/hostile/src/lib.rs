@@ -158,6 +158,17 @@ impl Guest for Hostile {
                 ))
             }
             "engine" => ok(format!("pulled {}", gantry_sdk::engine::pull(t)?)),
+            // Build with the context `args[0]` (default `.`) and the Dockerfile `target`.
+            "engine-build" => ok(format!(
+                "built {}",
+                gantry_sdk::engine::build(&gantry_sdk::engine::BuildRequest {
+                    context: cfg.args.first().cloned().unwrap_or_else(|| ".".into()),
+                    dockerfile: Some(t.into()),
+                    build_args: vec![],
+                    target: None,
+                    tags: vec![],
+                })?
+            )),
             // Remove a container gantry did not start (its name or id).
             "engine-remove" => {
                 gantry_sdk::engine::remove(t)?;
@@ -181,6 +192,24 @@ impl Guest for Hostile {
                 gantry_sdk::cluster::get(t, "apps/v1", "Deployment", "app")?
             )),
             "secret" => ok(format!("secret {t} = {}", gantry_sdk::secrets::get(t)?)),
+            // Smuggle a granted secret out in every string the host keeps that
+            // is not a log line or an output's value.
+            "secret-in-keys" => {
+                let v = gantry_sdk::secrets::get(t)?;
+                gantry_sdk::telemetry::event(&format!("ev-{v}"), &[(format!("key-{v}"), "x".into())]);
+                Ok(Outcome {
+                    artifacts: vec![gantry_sdk::Artifact {
+                        name: format!("name-{v}"),
+                        media_type: format!("type/{v}"),
+                        path: Some(format!("path-{v}")),
+                        reference: Some(format!("ref-{v}")),
+                        digest: Some(format!("sha256:{v}")),
+                        annotations: vec![(format!("ann-{v}"), format!("val-{v}"))],
+                    }],
+                    outputs: vec![(format!("out-{v}"), "value".into())],
+                    summary: "smuggled".into(),
+                })
+            }
             "loop" => loop {
                 black_box(0u64);
             },
@@ -199,6 +228,63 @@ impl Guest for Hostile {
             "stdout-flood" => loop {
                 println!("flood flood flood flood flood flood flood flood flood flood");
             },
+            // Write 1 MiB to stdout, ignoring the errors past the log cap, and
+            // report success.
+            "stdout-flood-ignoring-errors" => {
+                use std::io::Write;
+                let line = [b'x'; 1023];
+                for _ in 0..1024 {
+                    let _ = std::io::stdout().write_all(&line);
+                    let _ = std::io::stdout().write_all(b"\n");
+                }
+                ok("wrote 1 MiB".into())
+            }
+            // `args[0]` events of `args[1]` bytes each.
+            "telemetry-flood" => {
+                let n: usize = cfg.args.first().and_then(|a| a.parse().ok()).unwrap_or(600);
+                let size: usize = cfg.args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1 << 20);
+                let big = "t".repeat(size);
+                for i in 0..n {
+                    gantry_sdk::telemetry::event("flood", &[(format!("p{i}"), big.clone())]);
+                }
+                ok(format!("sent {n} events"))
+            }
+            // A summary, an output or an artifact of `target` bytes.
+            "big-summary" => {
+                let n: usize = t.parse().unwrap_or(1 << 20);
+                Ok(Outcome { artifacts: vec![], outputs: vec![], summary: "s".repeat(n) })
+            }
+            "big-outputs" => {
+                let n: usize = t.parse().unwrap_or(1 << 20);
+                Ok(Outcome { artifacts: vec![], outputs: vec![("o".into(), "o".repeat(n))], summary: "ok".into() })
+            }
+            "artifact-outside" => Ok(Outcome {
+                artifacts: vec![gantry_sdk::Artifact {
+                    name: "escape".into(),
+                    media_type: "x/y".into(),
+                    path: Some(t.into()),
+                    reference: None,
+                    digest: None,
+                    annotations: vec![],
+                }],
+                outputs: vec![],
+                summary: "ok".into(),
+            }),
+            "big-artifacts" => {
+                let n: usize = t.parse().unwrap_or(1 << 20);
+                Ok(Outcome {
+                    artifacts: vec![gantry_sdk::Artifact {
+                        name: "a".into(),
+                        media_type: "x/y".into(),
+                        path: None,
+                        reference: None,
+                        digest: None,
+                        annotations: vec![("a".into(), "a".repeat(n))],
+                    }],
+                    outputs: vec![],
+                    summary: "ok".into(),
+                })
+            }
             // Count attempts in the file `target`; fail transiently while the
             // count is at most args[0], then succeed.
             "flaky" => {
