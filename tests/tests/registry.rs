@@ -263,7 +263,7 @@ fn a_registry_that_is_down_fails_clearly_and_an_ungranted_host_is_denied() {
     let line = out.stage_line("push");
     assert!(
         line.contains("transient: checking for the manifest: ")
-            && line.contains("ConnectionRefused"),
+            && line.contains("the connection was refused"),
         "{line}"
     );
     assert!(line.contains("gave up after 2 attempts"), "{line}");
@@ -808,7 +808,7 @@ fn the_acr_aad_exchange_trades_a_granted_aad_token_for_registry_tokens() {
     let line = out.stage_line("push");
     assert!(
         line.contains(&format!(
-            "token service {token_origin}/oauth2/exchange answered 401: UNAUTHORIZED: invalid AAD access token"
+            "token service {token_origin}/oauth2/exchange answered 401 Unauthorized: UNAUTHORIZED: invalid AAD access token"
         )),
         "{line}"
     );
