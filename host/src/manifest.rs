@@ -234,6 +234,12 @@ pub struct Permissions {
     #[serde(default)]
     #[schemars(with = "Option<bool>")]
     pub engine: Option<Spanned<bool>>,
+    /// Registries the container engine may fetch images from for this stage
+    /// (`pull`, and a build's `FROM` / `COPY --from` images): `host[:port]` as in
+    /// an image reference (`docker.io` for Docker Hub), or `*.domain`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub registries: Vec<Spanned<String>>,
     /// A Kubernetes cluster, limited to these namespaces.
     #[serde(default)]
     pub cluster: Option<ClusterPermission>,

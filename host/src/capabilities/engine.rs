@@ -58,6 +58,8 @@ impl EngineGrant {
 
 pub struct EngineState {
     pub grant: EngineGrant,
+    /// Registries the engine may fetch from for this stage.
+    pub registries: super::registries::RegistriesGrant,
     pub subject: Subject,
     /// Canonical workspace path; empty when there is none.
     pub workspace: PathBuf,
@@ -87,6 +89,27 @@ impl EngineState {
             "to use the container engine",
             &format!("({what})"),
             "engine: true",
+        )))
+    }
+
+    /// Refuse `reference` unless its registry is granted; `why` says what would
+    /// fetch it (`pull`, `FROM` in the Dockerfile).
+    fn check_registry(&self, reference: &str, why: &str) -> Result<(), HostError> {
+        let registry = super::registries::registry_of(reference);
+        if self.registries.allows(&registry) {
+            return Ok(());
+        }
+        let mut granted = self.registries.registries.clone();
+        granted.push(registry.clone());
+        let list = granted
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(HostError::Denied(self.subject.deny(
+            "to make the container engine fetch from",
+            &format!("registry `{registry}` ({why} `{reference}`)"),
+            &format!("registries: [{list}]"),
         )))
     }
 
@@ -123,6 +146,14 @@ impl EngineState {
                 dockerfile, req.context
             )));
         }
+        // What the engine would fetch for this build, checked before it starts.
+        let text = read_dockerfile(&self.workspace, &context, &dockerfile)
+            .map_err(|e| failed(format!("Dockerfile `{dockerfile}`: {e}")))?;
+        let fetches = super::registries::dockerfile_fetches(&text, &req.build_args)
+            .map_err(|e| HostError::Invalid(format!("{dockerfile}: {e}")))?;
+        for image in &fetches.images {
+            self.check_registry(image, "the build's image")?;
+        }
         let tarball = {
             let context = context.clone();
             tokio::task::spawn_blocking(move || context_tarball(&context))
@@ -140,6 +171,9 @@ impl EngineState {
             .dockerfile(&dockerfile)
             .rm(true)
             .forcerm(true)
+            // RUN steps get no network: what they would fetch is beyond any
+            // grant. Fetch in a stage granted `http` and COPY the result.
+            .networkmode("none")
             .buildargs(&args);
         if let Some(tag) = req.tags.first() {
             options = options.t(tag);
@@ -233,6 +267,29 @@ impl EngineState {
             .map_err(failed)?
             .map_err(|e| failed(format!("writing layout `{dir}`: {e}")))
     }
+}
+
+/// The Dockerfile's text, read only where it resolves inside the workspace (the
+/// caller checked the name lexically and that it is no link; a linked directory
+/// on the way must not make gantry read, and quote, a file outside).
+fn read_dockerfile(workspace: &Path, context: &Path, dockerfile: &str) -> Result<String, String> {
+    /// More than any real Dockerfile; a bound on what is read into memory.
+    const MAX: u64 = 1 << 20;
+    let path = context.join(dockerfile);
+    let real = path.canonicalize().map_err(|e| e.to_string())?;
+    if !real.starts_with(workspace) || !real.starts_with(context) {
+        return Err("it leads outside the build context".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(&real)
+        .map_err(|e| e.to_string())?
+        .take(MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX {
+        return Err(format!("it is larger than {MAX} bytes"));
+    }
+    Ok(text)
 }
 
 /// The engine's own message in an error, without bollard's wrapping.
@@ -366,6 +423,7 @@ impl EngineState {
                 "`{reference}` is not an image reference"
             )));
         }
+        self.check_registry(&reference, "pulling")?;
         let docker = self.docker().await?;
         let full = with_default_tag(&reference);
         self.log.write(Level::Info, &format!("pulling {full}"));

@@ -17,6 +17,7 @@ pub mod env;
 pub mod exec;
 pub mod http;
 pub mod log;
+pub mod registries;
 pub mod secrets;
 pub mod telemetry;
 pub mod workspace;
@@ -33,6 +34,7 @@ pub struct Grants {
     pub secrets: secrets::SecretsGrant,
     pub http: http::HttpGrant,
     pub engine: engine::EngineGrant,
+    pub registries: registries::RegistriesGrant,
     pub cluster: cluster::ClusterGrant,
 }
 
@@ -54,6 +56,7 @@ impl Grants {
             secrets: secrets::SecretsGrant::configure(file, &field, perms, defined_secrets, errors),
             http: http::HttpGrant::configure(file, &field, perms, errors),
             engine: engine::EngineGrant::configure(perms),
+            registries: registries::RegistriesGrant::configure(file, &field, perms, errors),
             cluster: cluster::ClusterGrant::configure(file, &field, perms, errors),
         }
     }
@@ -78,6 +81,7 @@ impl Grants {
                 .map(|o| o.to_string())
                 .collect::<Vec<_>>(),
         );
+        list("engine registries", &self.registries.registries);
         list("cluster namespaces", &self.cluster.namespaces);
         if self.engine.granted {
             lines.push("engine: granted".into());

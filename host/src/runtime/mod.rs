@@ -613,6 +613,7 @@ impl StageState {
             },
             engine: engine::EngineState {
                 grant: grants.engine,
+                registries: grants.registries.clone(),
                 subject: subject.clone(),
                 workspace: ctx.workspace.clone(),
                 workspace_writable: grants.workspace.write,
