@@ -234,7 +234,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await else {
+            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
+            else {
                 return Ok(ExitCode::from(2));
             };
             let run_id = crate::pipeline::new_run_id();
@@ -304,7 +305,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await else {
+            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
+            else {
                 return Ok(ExitCode::from(2));
             };
             let mut journal = Journal::open(&dir)?;
@@ -330,7 +332,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if check_configs(&runtime, &file, &plan, console.as_ref()).await.is_none() {
+            if check_configs(&runtime, &file, &plan, console.as_ref())
+                .await
+                .is_none()
+            {
                 return Ok(ExitCode::from(2));
             }
             println!(

@@ -199,9 +199,7 @@ impl Resume {
                 Record::StageStarted { stage, ts_ms, .. } => {
                     started.entry(stage.clone()).or_insert(*ts_ms);
                 }
-                Record::RunCancelled { stages, .. } => {
-                    cancelled.extend(stages.iter().cloned())
-                }
+                Record::RunCancelled { stages, .. } => cancelled.extend(stages.iter().cloned()),
                 _ => {}
             }
             last_ts = last_ts.max(record_ts(r));

@@ -677,7 +677,12 @@ fn resolve_limits(
     size(&spec.telemetry, "telemetry", 1 << 30, &mut limits.telemetry);
     size(&spec.outputs, "outputs", 256 << 20, &mut limits.outputs);
     size(&spec.summary, "summary", 16 << 20, &mut limits.summary);
-    size(&spec.artifacts, "artifacts", 256 << 20, &mut limits.artifacts);
+    size(
+        &spec.artifacts,
+        "artifacts",
+        256 << 20,
+        &mut limits.artifacts,
+    );
     if let Some(v) = &spec.events {
         match v.value {
             1..=10_000_000 => limits.events = v.value,

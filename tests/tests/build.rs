@@ -75,7 +75,9 @@ fn an_empty_revision_leaves_the_label_out() {
     ws.manifest(&IMAGE.replace("revision: abc123", "revision: \"\""));
     let (out, result) = run_json(&ws);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let digest = output(&result, "image", "image.digest").unwrap().to_string();
+    let digest = output(&result, "image", "image.digest")
+        .unwrap()
+        .to_string();
     let manifest: Value = serde_json::from_slice(&blob(&ws, &digest)).unwrap();
     let config: Value =
         serde_json::from_slice(&blob(&ws, manifest["config"]["digest"].as_str().unwrap())).unwrap();
@@ -84,7 +86,10 @@ fn an_empty_revision_leaves_the_label_out() {
         !labels.contains_key("org.opencontainers.image.revision"),
         "{labels:?}"
     );
-    assert_eq!(labels["org.opencontainers.image.source"], "https://example.com/app");
+    assert_eq!(
+        labels["org.opencontainers.image.source"],
+        "https://example.com/app"
+    );
 }
 
 #[test]

@@ -22,8 +22,10 @@ fn the_second_run_loads_compiled_code_from_the_cache() {
     // build); a warm cache compiles and says nothing.
     let noop = gantry_e2e::plugin("noop");
     assert!(
-        first.stdout.lines().any(|l| l.starts_with(&format!("compiling {} (", noop.display()))
-            && l.ends_with("for this machine; later runs reuse it")),
+        first.stdout.lines().any(
+            |l| l.starts_with(&format!("compiling {} (", noop.display()))
+                && l.ends_with("for this machine; later runs reuse it")
+        ),
         "{}",
         first.stdout
     );

@@ -111,7 +111,11 @@ fn plugins_list_shows_the_builtins() {
         .collect();
     let version = rows[0].find("VERSION").expect("a header");
     let world = rows[0].find("WORLD").unwrap();
-    assert!(rows.iter().any(|r| r.starts_with("docker-deploy ")), "{}", out.stdout);
+    assert!(
+        rows.iter().any(|r| r.starts_with("docker-deploy ")),
+        "{}",
+        out.stdout
+    );
     for row in &rows[1..] {
         assert!(
             row[..version].ends_with("  ") && row[version..].starts_with("0."),
@@ -120,7 +124,8 @@ fn plugins_list_shows_the_builtins() {
         );
         assert!(
             row[..world].ends_with("  ")
-                && (row[world..].starts_with("stage ") || row[world..].starts_with("telemetry-sink ")),
+                && (row[world..].starts_with("stage ")
+                    || row[world..].starts_with("telemetry-sink ")),
             "misaligned world: {row:?}\n{}",
             out.stdout
         );

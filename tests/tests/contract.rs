@@ -75,7 +75,8 @@ stages:
     assert_eq!(out.code, Some(1));
     let line = out.stage_line("dependent");
     assert!(
-        line.starts_with("⊘ dependent") && line.contains("skipped: it needs `broken`, which did not succeed"),
+        line.starts_with("⊘ dependent")
+            && line.contains("skipped: it needs `broken`, which did not succeed"),
         "a skipped stage has its own mark, not the success tick: {line}"
     );
     assert!(out.stage_line("broken").starts_with("✘ broken"));
@@ -118,7 +119,10 @@ telemetry:
     assert!(out.stdout.contains("out-***"), "{}", out.stdout);
     let events = std::fs::read_to_string(ws.path().join("events.jsonl")).unwrap();
     assert!(!events.contains("s3cr3t-value-42"), "{events}");
-    assert!(events.contains("ev-***") && events.contains("key-***"), "{events}");
+    assert!(
+        events.contains("ev-***") && events.contains("key-***"),
+        "{events}"
+    );
     let result: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     let dir = std::path::PathBuf::from(result["dir"].as_str().unwrap());
     let mut stored = String::new();
@@ -129,8 +133,20 @@ telemetry:
         stored += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
     }
     assert!(!stored.contains("s3cr3t-value-42"), "{stored}");
-    for masked in ["name-***", "type/***", "path-***", "ref-***", "sha256:***", "ann-***", "val-***", "out-***"] {
-        assert!(stored.contains(masked), "`{masked}` in the journal: {stored}");
+    for masked in [
+        "name-***",
+        "type/***",
+        "path-***",
+        "ref-***",
+        "sha256:***",
+        "ann-***",
+        "val-***",
+        "out-***",
+    ] {
+        assert!(
+            stored.contains(masked),
+            "`{masked}` in the journal: {stored}"
+        );
     }
 }
 

@@ -30,9 +30,17 @@ fn the_hello_example_pipeline_succeeds() {
     );
     let result: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(result["status"], "succeeded", "{}", out.stdout);
-    assert!(result["duration_ms"].as_u64().unwrap() > 0, "{}", out.stdout);
+    assert!(
+        result["duration_ms"].as_u64().unwrap() > 0,
+        "{}",
+        out.stdout
+    );
     assert_eq!(result["stages"][3]["name"], "deploy", "{}", out.stdout);
-    assert!(out.stage_line("deploy").starts_with("⊘ deploy"), "{}", out.stderr);
+    assert!(
+        out.stage_line("deploy").starts_with("⊘ deploy"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         result["stages"][3]["status"], "skipped",
         "the default environment needs no Docker: {}",

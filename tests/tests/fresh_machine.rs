@@ -59,7 +59,10 @@ fn a_missing_target_is_added_with_rustup_for_the_active_toolchain() {
         "target add wasm32-wasip2 --toolchain 1.95.0"
     );
     assert_eq!(notice.lines().count(), 1, "{notice}");
-    assert!(notice.contains("installed the wasm32-wasip2 target"), "{notice}");
+    assert!(
+        notice.contains("installed the wasm32-wasip2 target"),
+        "{notice}"
+    );
 }
 
 #[test]

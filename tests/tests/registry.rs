@@ -203,29 +203,44 @@ fn faults_are_retried_and_the_digest_is_the_same() {
     assert!(out.stderr.contains("retry 1 of 8"), "{}", out.stderr);
     // Each retry warning names the method and the URL without its query (the
     // upload state), and says what happened in words.
-    let retries: Vec<&str> = out.stderr.lines().filter(|l| l.contains("; retry ")).collect();
+    let retries: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("; retry "))
+        .collect();
     assert!(retries.len() >= 3, "{}", out.stderr);
     for line in &retries {
         assert!(!line.contains('?') && !line.contains("_state="), "{line}");
-        assert!(!line.contains("ErrorCode") && !line.contains("Error::"), "{line}");
         assert!(
-            ["GET ", "HEAD ", "POST ", "PATCH ", "PUT "].iter().any(|m| line.contains(&format!("warn: {m}http://"))),
+            !line.contains("ErrorCode") && !line.contains("Error::"),
+            "{line}"
+        );
+        assert!(
+            ["GET ", "HEAD ", "POST ", "PATCH ", "PUT "]
+                .iter()
+                .any(|m| line.contains(&format!("warn: {m}http://"))),
             "{line}"
         );
     }
     assert!(
-        retries.iter().any(|l| l.contains(": 503 Service Unavailable (empty body); retry ")),
+        retries
+            .iter()
+            .any(|l| l.contains(": 503 Service Unavailable (empty body); retry ")),
         "{}",
         out.stderr
     );
     assert!(
-        retries.iter().any(|l| l.contains(": 429 Too Many Requests (empty body); retry ")),
+        retries
+            .iter()
+            .any(|l| l.contains(": 429 Too Many Requests (empty body); retry ")),
         "{}",
         out.stderr
     );
     assert!(
-        retries.iter().any(|l| l.contains("the connection closed before a complete response")
-            || l.contains("the server closed the connection")),
+        retries.iter().any(
+            |l| l.contains("the connection closed before a complete response")
+                || l.contains("the server closed the connection")
+        ),
         "a dropped connection is said in words: {}",
         out.stderr
     );

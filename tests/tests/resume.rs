@@ -63,7 +63,11 @@ fn resume_and_check(ws: &Workspace, journal: &std::path::Path, says: &[String]) 
     let out = ws.gantry(&["resume", &run_id(journal), "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     for text in says {
-        assert!(out.stderr.contains(text.as_str()), "expected `{text}` in:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(text.as_str()),
+            "expected `{text}` in:\n{}",
+            out.stderr
+        );
     }
     let result: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(result["status"], "succeeded");
@@ -164,9 +168,10 @@ fn ctrl_c_stops_the_run_and_records_it() {
         .expect("cancellation recorded");
     assert_eq!(cancelled["stages"], serde_json::json!(["second"]));
     assert_eq!(count(&recs, "stage-finished", "second"), 0);
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(journal.with_file_name("summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(journal.with_file_name("summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(summary["status"], "cancelled", "{summary}");
     resume_and_check(
         &ws,

@@ -116,6 +116,22 @@ fn writing_to_a_read_only_workspace_fails() {
         "cannot write pwned.txt: Operation not permitted",
     );
     assert!(!ws.path().join("pwned.txt").exists());
+    // Every refused write is reported with the grant that would allow it.
+    let denial = |path: &str| {
+        format!(
+            "denied: stage `evil` is not allowed to write the workspace (`{path}`): grant it with `stages[0].permissions.workspace: write`"
+        )
+    };
+    assert!(out.stdout.contains(&denial("pwned.txt")), "{}", out.stdout);
+    let out = attack(&ws, "mkdir", "newdir", "");
+    failed_with(&out, "failed", "cannot create newdir");
+    assert!(out.stdout.contains(&denial("newdir")), "{}", out.stdout);
+    assert!(!ws.path().join("newdir").exists());
+    ws.write("keep.txt", "kept");
+    let out = attack(&ws, "remove", "keep.txt", "");
+    failed_with(&out, "failed", "cannot remove keep.txt");
+    assert!(out.stdout.contains(&denial("keep.txt")), "{}", out.stdout);
+    assert!(ws.path().join("keep.txt").exists());
 }
 
 #[test]
@@ -283,8 +299,17 @@ fn a_log_flood_is_stopped_by_the_log_cap() {
 #[test]
 fn a_stage_that_ignores_write_errors_past_its_log_cap_is_still_stopped() {
     let ws = Workspace::new();
-    let out = attack(&ws, "stdout-flood-ignoring-errors", "", "    limits: { log: 64KiB }\n");
-    failed_with(&out, "stopped", "wrote more than its log cap of 64.0 KiB (raise `limits.log`)");
+    let out = attack(
+        &ws,
+        "stdout-flood-ignoring-errors",
+        "",
+        "    limits: { log: 64KiB }\n",
+    );
+    failed_with(
+        &out,
+        "stopped",
+        "wrote more than its log cap of 64.0 KiB (raise `limits.log`)",
+    );
 }
 
 #[test]
@@ -314,11 +339,27 @@ fn summaries_outputs_and_artifacts_are_limited_by_size() {
         "stopped",
         "returned a summary of 1.0 MiB, more than its limit of 64.0 KiB (raise `limits.summary`)",
     );
-    assert!(!out.all().contains(&"s".repeat(70_000)), "the summary is not printed");
+    assert!(
+        !out.all().contains(&"s".repeat(70_000)),
+        "the summary is not printed"
+    );
     let out = attack(&ws, "big-outputs", "2097152", "");
-    failed_with(&out, "stopped", "more than its limit of 1.0 MiB (raise `limits.outputs`)");
-    let out = attack(&ws, "big-artifacts", "4096", "    limits: { artifacts: 1KiB }\n");
-    failed_with(&out, "stopped", "more than its limit of 1.0 KiB (raise `limits.artifacts`)");
+    failed_with(
+        &out,
+        "stopped",
+        "more than its limit of 1.0 MiB (raise `limits.outputs`)",
+    );
+    let out = attack(
+        &ws,
+        "big-artifacts",
+        "4096",
+        "    limits: { artifacts: 1KiB }\n",
+    );
+    failed_with(
+        &out,
+        "stopped",
+        "more than its limit of 1.0 KiB (raise `limits.artifacts`)",
+    );
     // Within a raised limit the same summary is fine.
     let out = contain(
         &ws,
@@ -332,7 +373,11 @@ fn engine_build_paths_are_checked_before_the_filesystem_is_touched() {
     let ws = Workspace::new();
     let grant = "    permissions: { engine: true }\n";
     // A Dockerfile outside the context is refused as text, whether it exists or not.
-    for dockerfile in ["../../../../etc/passwd", "../../../../no/such/file", "/etc/passwd"] {
+    for dockerfile in [
+        "../../../../etc/passwd",
+        "../../../../no/such/file",
+        "/etc/passwd",
+    ] {
         let out = attack(&ws, "engine-build", dockerfile, grant);
         failed_with(
             &out,
@@ -352,9 +397,18 @@ fn engine_build_paths_are_checked_before_the_filesystem_is_touched() {
             ),
         );
         let line = failed_with(&out, "failed", "leads outside the workspace").to_string();
-        answers.push(line.replace(ctx, "CTX").split("): ").nth(1).unwrap().to_string());
+        answers.push(
+            line.replace(ctx, "CTX")
+                .split("): ")
+                .nth(1)
+                .unwrap()
+                .to_string(),
+        );
     }
-    assert_eq!(answers[0], answers[1], "the answers must not tell the two apart");
+    assert_eq!(
+        answers[0], answers[1],
+        "the answers must not tell the two apart"
+    );
 }
 
 /// Whether anything connected to `listener` (non-blocking) since it was bound.
@@ -420,7 +474,10 @@ fn the_engine_fetches_only_from_granted_registries() {
         );
         failed_with(&out, "failed", says);
     }
-    assert!(!was_contacted(&listener), "the engine was sent to an ungranted registry");
+    assert!(
+        !was_contacted(&listener),
+        "the engine was sent to an ungranted registry"
+    );
 
     // Granted, the pull goes to the engine (and from there to the registry when
     // an engine runs).
@@ -476,13 +533,22 @@ fn a_describe_that_loops_is_stopped_with_its_budget_named() {
     let out = ws.gantry(&["validate", "pipeline.yaml"]);
     assert_eq!(out.code, Some(2), "{}", out.all());
     assert!(
-        out.stderr.contains("describe() used up the CPU budget of 5s that describe() runs under"),
+        out.stderr
+            .contains("describe() used up the CPU budget of 5s that describe() runs under"),
         "{}",
         out.stderr
     );
-    assert!(!out.all().contains("backtrace"), "no raw backtrace without --verbose: {}", out.all());
+    assert!(
+        !out.all().contains("backtrace"),
+        "no raw backtrace without --verbose: {}",
+        out.all()
+    );
     let verbose = ws.gantry(&["validate", "pipeline.yaml", "--verbose"]);
-    assert!(verbose.all().contains("backtrace"), "--verbose keeps it: {}", verbose.all());
+    assert!(
+        verbose.all().contains("backtrace"),
+        "--verbose keeps it: {}",
+        verbose.all()
+    );
 }
 
 #[test]

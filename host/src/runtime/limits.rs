@@ -53,7 +53,8 @@ impl Limits {
         outcome: &crate::runtime::bindings::types::Outcome,
     ) -> Result<(), String> {
         use crate::units::format_size;
-        let pairs = |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let pairs =
+            |v: &[(String, String)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let opt = |v: &Option<String>| v.as_ref().map_or(0, String::len);
         let outputs = pairs(&outcome.outputs) as u64;
         let artifacts = outcome
@@ -69,7 +70,12 @@ impl Limits {
             })
             .sum::<usize>() as u64;
         for (what, size, cap, name) in [
-            ("a summary", outcome.summary.len() as u64, self.summary, "summary"),
+            (
+                "a summary",
+                outcome.summary.len() as u64,
+                self.summary,
+                "summary",
+            ),
             ("outputs", outputs, self.outputs, "outputs"),
             ("artifacts", artifacts, self.artifacts, "artifacts"),
         ] {

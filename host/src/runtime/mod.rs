@@ -118,6 +118,7 @@ impl Runtime {
         // wasi:http on top without re-adding the shared interfaces.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        crate::capabilities::workspace::link_write_denials(&mut linker)?;
         bindings::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let (cache, cache_warning) = CompileCache::open(&engine, options.cache_dir);
         let ticker = EpochTicker::start(&engine);
@@ -515,7 +516,9 @@ impl StageState {
         grants: &Grants,
         limits: &Limits,
     ) -> anyhow::Result<Self> {
-        use crate::capabilities::{cluster, engine, exec, http, log, secrets, telemetry};
+        use crate::capabilities::{
+            cluster, engine, exec, http, log, secrets, telemetry, workspace,
+        };
         use crate::report::Level;
         let denials = subject.denials.clone();
         let log_file = ctx.run_dir.as_ref().and_then(|dir| {
@@ -619,6 +622,10 @@ impl StageState {
                 workspace_writable: grants.workspace.write,
                 log: log.clone(),
                 run_id: ctx.base.run_id.clone(),
+            },
+            workspace: workspace::WorkspaceAccess {
+                write: grants.workspace.write,
+                subject: subject.clone(),
             },
             cluster: cluster::ClusterState {
                 grant: grants.cluster.clone(),

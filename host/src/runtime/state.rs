@@ -27,6 +27,7 @@ pub struct StageState {
     pub(crate) telemetry: TelemetryState,
     pub(crate) engine: EngineState,
     pub(crate) cluster: ClusterState,
+    pub(crate) workspace: crate::capabilities::workspace::WorkspaceAccess,
     pub(crate) denials: Denials,
 }
 

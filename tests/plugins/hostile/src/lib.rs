@@ -134,6 +134,14 @@ impl Guest for Hostile {
                 Ok(()) => ok(format!("wrote {t}")),
                 Err(e) => Err(StageError::Failed(format!("cannot write {t}: {e}"))),
             },
+            "mkdir" => match std::fs::create_dir(t) {
+                Ok(()) => ok(format!("created {t}")),
+                Err(e) => Err(StageError::Failed(format!("cannot create {t}: {e}"))),
+            },
+            "remove" => match std::fs::remove_file(t) {
+                Ok(()) => ok(format!("removed {t}")),
+                Err(e) => Err(StageError::Failed(format!("cannot remove {t}: {e}"))),
+            },
             "http" => http_get(t),
             "socket" => match std::net::TcpStream::connect(t) {
                 Ok(_) => ok(format!("connected to {t}")),
@@ -196,7 +204,10 @@ impl Guest for Hostile {
             // is not a log line or an output's value.
             "secret-in-keys" => {
                 let v = gantry_sdk::secrets::get(t)?;
-                gantry_sdk::telemetry::event(&format!("ev-{v}"), &[(format!("key-{v}"), "x".into())]);
+                gantry_sdk::telemetry::event(
+                    &format!("ev-{v}"),
+                    &[(format!("key-{v}"), "x".into())],
+                );
                 Ok(Outcome {
                     artifacts: vec![gantry_sdk::Artifact {
                         name: format!("name-{v}"),
@@ -242,7 +253,11 @@ impl Guest for Hostile {
             // `args[0]` events of `args[1]` bytes each.
             "telemetry-flood" => {
                 let n: usize = cfg.args.first().and_then(|a| a.parse().ok()).unwrap_or(600);
-                let size: usize = cfg.args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1 << 20);
+                let size: usize = cfg
+                    .args
+                    .get(1)
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(1 << 20);
                 let big = "t".repeat(size);
                 for i in 0..n {
                     gantry_sdk::telemetry::event("flood", &[(format!("p{i}"), big.clone())]);
@@ -252,11 +267,19 @@ impl Guest for Hostile {
             // A summary, an output or an artifact of `target` bytes.
             "big-summary" => {
                 let n: usize = t.parse().unwrap_or(1 << 20);
-                Ok(Outcome { artifacts: vec![], outputs: vec![], summary: "s".repeat(n) })
+                Ok(Outcome {
+                    artifacts: vec![],
+                    outputs: vec![],
+                    summary: "s".repeat(n),
+                })
             }
             "big-outputs" => {
                 let n: usize = t.parse().unwrap_or(1 << 20);
-                Ok(Outcome { artifacts: vec![], outputs: vec![("o".into(), "o".repeat(n))], summary: "ok".into() })
+                Ok(Outcome {
+                    artifacts: vec![],
+                    outputs: vec![("o".into(), "o".repeat(n))],
+                    summary: "ok".into(),
+                })
             }
             "artifact-outside" => Ok(Outcome {
                 artifacts: vec![gantry_sdk::Artifact {
