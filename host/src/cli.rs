@@ -1,5 +1,18 @@
 //! The `gantry` command line.
 
+/// `println!` that ignores a closed stdout (`gantry plugins list | head -1`):
+/// output nobody reads is not an error, and must never be a panic.
+macro_rules! out {
+    (@raw $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::journal::{Journal, Record};
 use crate::manifest::ManifestFile;
 use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
@@ -338,14 +351,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 return Ok(ExitCode::from(2));
             }
-            println!(
+            out!(
                 "{}: pipeline `{}` is valid for environment `{}`",
                 manifest.display(),
                 plan.pipeline,
                 plan.environment
             );
             for unit in plan.stages.iter().chain(&plan.sinks) {
-                println!(
+                out!(
                     "  {} ({}): {}",
                     unit.name,
                     unit.source.label(),
@@ -372,22 +385,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let shown = crate::show::plan(&plan, &plugins);
             if output.output == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&shown)?);
+                out!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
-                print!("{}", crate::show::plan_text(&shown));
+                out!(@raw "{}", crate::show::plan_text(&shown));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { workspace } => {
             let runs = crate::journal::list_runs(&workspace.dir);
             if runs.is_empty() {
-                println!(
+                out!(
                     "no runs in {}",
                     workspace.dir.join(crate::journal::RUNS_DIR).display()
                 );
             }
             for (id, records) in runs {
-                println!("{}", crate::show::run_line(&id, &records));
+                out!("{}", crate::show::run_line(&id, &records));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -402,11 +415,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     workspace.dir.join(crate::journal::RUNS_DIR).display()
                 )
             })?;
-            print!("{}", crate::show::logs(&dir, stage.as_deref())?);
+            out!(@raw "{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&crate::manifest::json_schema())?
             );
@@ -427,7 +440,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     info.description,
                 ]);
             }
-            print!("{}", crate::show::table(&rows));
+            out!(@raw "{}", crate::show::table(&rows));
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Inspect { plugin, json }) => {
@@ -460,28 +473,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "world": loaded.world.as_str(), "digest": loaded.digest, "source": loaded.label,
                     "config_schema": schema, "capabilities": caps, "imports": imports, "exports": exports,
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                out!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!(
+                out!(
                     "{} {} ({})\n  {}",
                     info.name,
                     info.version,
                     loaded.world.as_str(),
                     info.description
                 );
-                println!("source: {}\ndigest: {}", loaded.label, loaded.digest);
-                println!("capabilities it needs:");
+                out!("source: {}\ndigest: {}", loaded.label, loaded.digest);
+                out!("capabilities it needs:");
                 if info.capabilities.is_empty() {
-                    println!("  none");
+                    out!("  none");
                 }
                 for c in &info.capabilities {
                     let target = c.target.as_deref().unwrap_or("from config");
-                    println!("  {} ({target}): {}", kind_name(c.kind), c.reason);
+                    out!("  {} ({target}): {}", kind_name(c.kind), c.reason);
                 }
-                println!("imports:\n  {}", imports.join("\n  "));
-                println!("exports:\n  {}", exports.join("\n  "));
+                out!("imports:\n  {}", imports.join("\n  "));
+                out!("exports:\n  {}", exports.join("\n  "));
                 if !schema.is_null() {
-                    println!("config schema:\n{}", serde_json::to_string_pretty(&schema)?);
+                    out!("config schema:\n{}", serde_json::to_string_pretty(&schema)?);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -538,11 +551,11 @@ fn finish_run(
     console.note(&verdict);
     if crate::vso::enabled() {
         for line in crate::vso::commands(&result) {
-            println!("{line}");
+            out!("{line}");
         }
     }
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        out!("{}", serde_json::to_string_pretty(&result)?);
     }
     Ok(if result.cancelled {
         ExitCode::from(130)
@@ -603,13 +616,14 @@ async fn check_configs(
         if let Some(schema) = &schemas[&plugin.digest] {
             let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
             for e in crate::schema::check_config(schema, &unit.config) {
-                errors.push(file.error(
+                errors.push(file.error_inside(
                     &at,
+                    &e.pointer,
                     &format!("{}.with{}", unit.field, e.path),
                     e.message,
                     Some(format!(
                         "`gantry plugins inspect {}` shows its config schema",
-                        unit.uses
+                        inspect_argument(&unit.source)
                     )),
                 ));
             }
@@ -621,6 +635,15 @@ async fn check_configs(
         eprintln!("{}", crate::manifest::ManifestErrors(errors));
     }
     ok.then_some(plugins)
+}
+
+/// What `gantry plugins inspect` takes for `source`: a built-in's name, or the
+/// path (an alias in the manifest means nothing to that command).
+fn inspect_argument(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Builtin(name) => name.to_string(),
+        PluginSource::File(path) => path.display().to_string(),
+    }
 }
 
 /// Parse and plan a manifest, printing every problem; `None` when there were any.

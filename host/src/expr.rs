@@ -4,7 +4,9 @@
 //! value; `if:` is one boolean expression. The language is deliberately small:
 //!
 //! - references: `vars.NAME`, `secrets.NAME` (not in `if:`), `run.id`,
-//!   `run.commit`, `run.environment`, `run.pipeline`, `stages.NAME.outputs.KEY`;
+//!   `run.commit`, `run.environment`, `run.pipeline`, `stages.NAME.outputs.KEY`
+//!   (a key may hold dots: `stages.test.outputs.tests.passed`, or
+//!   `stages.test.outputs['tests.passed']`);
 //! - string literals `'text'`, `true`, `false`;
 //! - `==`, `!=`, `!`, `&&`, `||` and parentheses.
 //!
@@ -185,7 +187,19 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
             while i < chars.len() && (chars[i].is_alphanumeric() || "_-.".contains(chars[i])) {
                 i += 1;
             }
-            out.push(Tok::Word(chars[start..i].iter().collect()));
+            let mut word: String = chars[start..i].iter().collect();
+            // `outputs['tests.passed']`: a key written as a string, read as if
+            // it followed a dot (output keys may hold dots themselves).
+            while chars.get(i) == Some(&'[') && chars.get(i + 1) == Some(&'\'') {
+                let close = chars[i + 2..]
+                    .windows(2)
+                    .position(|w| w == ['\'', ']'])
+                    .ok_or_else(|| format!("`['` without a closing `']` in `{s}`"))?;
+                word.push('.');
+                word.extend(&chars[i + 2..i + 2 + close]);
+                i += close + 4;
+            }
+            out.push(Tok::Word(word));
         } else {
             return Err(format!("unexpected `{c}` in `{s}`"));
         }
@@ -271,10 +285,14 @@ fn reference(word: &str) -> Result<Ref, String> {
         ["secrets", name] if !name.is_empty() => Ok(Ref::Secret(name.to_string())),
         ["run", field] if RUN_FIELDS.contains(field) => Ok(Ref::Run(field.to_string())),
         ["run", _] => bad(&format!("`run` has {}", RUN_FIELDS.join(", "))),
-        ["stages", stage, "outputs", key] if !stage.is_empty() && !key.is_empty() => {
+        // Everything after `outputs.` is the key, so dotted keys such as
+        // `tests.passed` need no quoting.
+        ["stages", stage, "outputs", key @ ..]
+            if !stage.is_empty() && !key.is_empty() && key.iter().all(|k| !k.is_empty()) =>
+        {
             Ok(Ref::Output {
                 stage: stage.to_string(),
-                key: key.to_string(),
+                key: key.join("."),
             })
         }
         ["stages", ..] => bad("write `stages.NAME.outputs.KEY`"),
@@ -316,6 +334,24 @@ mod tests {
                 .unwrap_err()
                 .contains("`vars.NOPE` has no value")
         );
+    }
+
+    #[test]
+    fn dotted_output_keys_are_addressed_plain_or_quoted() {
+        let key = |s: &str| match parse(s).unwrap() {
+            Expr::Ref(Ref::Output { stage, key }) => (stage, key),
+            other => panic!("{other:?}"),
+        };
+        let want = ("test".to_string(), "tests.passed".to_string());
+        assert_eq!(key("stages.test.outputs.tests.passed"), want);
+        assert_eq!(key("stages.test.outputs['tests.passed']"), want);
+        assert_eq!(key("stages.test.outputs.digest").1, "digest");
+        assert!(
+            parse("stages.test.outputs['open")
+                .unwrap_err()
+                .contains("without a closing")
+        );
+        assert!(parse("stages.test.outputs..x").is_err());
     }
 
     #[test]

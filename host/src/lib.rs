@@ -29,6 +29,7 @@ pub mod schema;
 pub mod show;
 pub mod units;
 pub mod vso;
+pub mod yaml_path;
 
 /// The WIT package this host implements; plugins must be built against a
 /// semver-compatible version.

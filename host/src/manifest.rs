@@ -353,6 +353,39 @@ impl ManifestFile {
     ) -> ManifestError {
         spanned_error(&self.path, &self.source, at, field, message.into(), help)
     }
+
+    /// An error about the value at JSON pointer `pointer` inside the free-form
+    /// value (e.g. a stage's `with:`) that starts at `at`: it points at that
+    /// key where the source holds it, else at `at`.
+    pub fn error_inside(
+        &self,
+        at: &Location,
+        pointer: &str,
+        field: &str,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> ManifestError {
+        let path = crate::yaml_path::segments(pointer);
+        let Some(span) = (!path.is_empty())
+            .then(|| crate::yaml_path::locate(&self.source, at.line(), at.column(), &path))
+            .flatten()
+        else {
+            return self.error(at, field, message, help);
+        };
+        let offset = |m: &granit_parser::Marker| {
+            line_column_offset(&self.source, m.line() as u64, m.col() as u64 + 1)
+        };
+        let (start, end) = (offset(&span.start), offset(&span.end));
+        spanned_error_at(
+            &self.path,
+            &self.source,
+            (span.start.line() as u64, span.start.col() as u64 + 1),
+            (start, end.saturating_sub(start)),
+            field,
+            message.into(),
+            help,
+        )
+    }
 }
 
 /// An error at `at` in `source` (read from `path`), under manifest field `field`.
@@ -365,19 +398,36 @@ fn spanned_error(
     help: Option<String>,
 ) -> ManifestError {
     let offset = location_offset(source, at);
-    let len = at.span().byte_len().unwrap_or(0).max(1) as usize;
+    let len = at.span().byte_len().unwrap_or(0) as usize;
+    spanned_error_at(
+        path,
+        source,
+        (at.line(), at.column()),
+        (offset, len),
+        field,
+        message,
+        help,
+    )
+}
+
+/// An error at 1-based (line, column), covering `len` bytes from byte `offset`.
+fn spanned_error_at(
+    path: &Path,
+    source: &Arc<String>,
+    (line, column): (u64, u64),
+    (offset, len): (usize, usize),
+    field: &str,
+    message: String,
+    help: Option<String>,
+) -> ManifestError {
+    let len = len.max(1);
     let field = if field.is_empty() {
         String::new()
     } else {
         format!("{field}: ")
     };
     ManifestError::Spanned(Box::new(SpannedError {
-        message: format!(
-            "{}:{}:{}: {field}{message}",
-            path.display(),
-            at.line(),
-            at.column()
-        ),
+        message: format!("{}:{}:{}: {field}{message}", path.display(), line, column),
         src: NamedSource::new(path.display().to_string(), source.clone()),
         span: SourceSpan::new(offset.into(), len.min(source.len().saturating_sub(offset))),
         help,
@@ -401,15 +451,21 @@ fn location_offset(source: &str, at: &Location) -> usize {
     if let Some(off) = at.span().byte_offset() {
         return (off as usize).min(source.len());
     }
+    line_column_offset(source, at.line(), at.column())
+}
+
+/// Byte offset of 1-based `line` and `column` (in characters).
+fn line_column_offset(source: &str, line: u64, column: u64) -> usize {
     let line_start: usize = source
         .split_inclusive('\n')
-        .take(at.line().saturating_sub(1) as usize)
+        .take(line.saturating_sub(1) as usize)
         .map(str::len)
         .sum();
+    let line_start = line_start.min(source.len());
     let col = source[line_start..]
         .char_indices()
-        .nth(at.column().saturating_sub(1) as usize)
-        .map_or(0, |(i, _)| i);
+        .nth(column.saturating_sub(1) as usize)
+        .map_or(source.len() - line_start, |(i, _)| i);
     (line_start + col).min(source.len())
 }
 

@@ -41,7 +41,7 @@ pub struct StageResult {
     pub outputs: Vec<(String, String)>,
     /// Calls the sandbox refused, with the grant that would allow each.
     pub denials: Vec<String>,
-    #[serde(skip)]
+    /// What it produced (images, files), as recorded in the journal.
     pub artifacts: Vec<ArtifactRecord>,
 }
 

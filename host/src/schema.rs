@@ -4,6 +4,9 @@
 #[derive(Debug)]
 pub struct ConfigError {
     pub path: String,
+    /// The same place as a JSON pointer (`/steps/0/run`), for finding it in the
+    /// source; for an unexpected key, the key itself.
+    pub pointer: String,
     pub message: String,
 }
 
@@ -15,6 +18,7 @@ pub fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> V
         Err(e) => {
             return vec![ConfigError {
                 path: String::new(),
+                pointer: String::new(),
                 message: format!("the plugin's schema is invalid: {e}"),
             }];
         }
@@ -27,9 +31,20 @@ pub fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> V
             !at.and_then(|v| v.as_str())
                 .is_some_and(|s| s.contains("${{"))
         })
-        .map(|e| ConfigError {
-            path: pointer_to_path(&e.instance_path.to_string()),
-            message: e.to_string(),
+        .map(|e| {
+            let mut pointer = e.instance_path.to_string();
+            // "Additional properties are not allowed": point at the first one.
+            if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+                &e.kind
+                && let Some(key) = unexpected.first()
+            {
+                pointer = format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1"));
+            }
+            ConfigError {
+                path: pointer_to_path(&e.instance_path.to_string()),
+                pointer,
+                message: e.to_string(),
+            }
         })
         .collect()
 }

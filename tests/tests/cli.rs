@@ -210,3 +210,25 @@ fn help_teaches_with_examples() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let ws = Workspace::new();
+    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: \"{noop}\"\n");
+    for args in [
+        &["plugins", "list"][..],
+        &["schema"],
+        &["plan", "pipeline.yaml"],
+        &["plan", "pipeline.yaml", "--output", "json"],
+        &["run", "pipeline.yaml", "--output", "json"],
+        &["runs"],
+    ] {
+        // A pipe whose reader is gone: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = ws.command(args).stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "gantry {args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "gantry {args:?}: {stderr}");
+    }
+}

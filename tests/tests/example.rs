@@ -64,6 +64,17 @@ fn the_hello_example_pipeline_succeeds() {
             .unwrap();
     assert_eq!(summary["status"], "succeeded");
     assert_eq!(summary["duration_ms"], result["duration_ms"]);
+    // The image stage's artifact, in the JSON result and in the summary.
+    let artifact = &result["stages"][1]["artifacts"][0];
+    assert_eq!(artifact["digest"], digest.as_str(), "{}", out.stdout);
+    assert_eq!(
+        artifact["media_type"], "application/vnd.oci.image.layout.v1+json",
+        "{artifact}"
+    );
+    assert_eq!(
+        summary["stages"][1]["artifacts"],
+        result["stages"][1]["artifacts"]
+    );
     let telemetry = std::fs::read_to_string(run_dir.join("telemetry.jsonl")).unwrap();
     let last: Value = serde_json::from_str(telemetry.lines().last().unwrap()).unwrap();
     assert_eq!(last["kind"], "run-finished");

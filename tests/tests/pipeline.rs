@@ -155,12 +155,38 @@ fn with_is_checked_against_the_plugin_schema() {
         "pipeline: p\nstages:\n  - name: t\n    uses: command\n    with: { steps: [{ run: cargo test }], step: 1 }\n    permissions: { exec: [cargo] }\n",
         &[],
     );
-    assert!(err.contains("pipeline.yaml:5:11: stages[0].with.steps[0].run: \"cargo test\" is not of type \"array\""), "{err}");
-    assert!(err.contains("pipeline.yaml:5:11: stages[0].with: Additional properties are not allowed ('step' was unexpected)"), "{err}");
+    // Each error points at the offending key inside `with:`, not at `with:`.
+    assert!(err.contains("pipeline.yaml:5:23: stages[0].with.steps[0].run: \"cargo test\" is not of type \"array\""), "{err}");
+    assert!(err.contains("pipeline.yaml:5:43: stages[0].with: Additional properties are not allowed ('step' was unexpected)"), "{err}");
     assert!(
         err.contains("`gantry plugins inspect command` shows its config schema"),
         "{err}"
     );
+
+    // Under an alias, in block style: the key is found, and the hint names
+    // what `plugins inspect` takes (the path), not the alias.
+    let err = validate_err(
+        &ws,
+        "pipeline: p\nplugins:\n  say: { path: \"{echo}\" }\nstages:\n  - name: t\n    uses: say\n    with:\n      message: hi\n      sleep_ms: soon\n",
+        &[],
+    );
+    assert!(
+        err.contains(
+            "pipeline.yaml:9:7: stages[0].with.sleep_ms: \"soon\" is not of type \"integer\""
+        ),
+        "{err}"
+    );
+    let hint = format!(
+        "`gantry plugins inspect {}` shows its config schema",
+        gantry_e2e::plugin("echo").display()
+    );
+    assert!(err.contains(&hint), "{hint}\n{err}");
+    let out = ws.gantry(&[
+        "plugins",
+        "inspect",
+        &gantry_e2e::plugin("echo").display().to_string(),
+    ]);
+    assert_eq!(out.code, Some(0), "the hint must work: {}", out.all());
 }
 
 #[test]
@@ -263,6 +289,30 @@ stages:
     assert_eq!(
         stage(&result, "join")["outputs"][0],
         serde_json::json!(["message", "lr"])
+    );
+}
+
+#[test]
+fn dotted_output_keys_of_built_in_stages_are_addressable() {
+    let ws = Workspace::new();
+    ws.manifest(
+        r#"pipeline: p
+stages:
+  - name: check
+    uses: command
+    with: { steps: [{ name: lint, run: ["true"] }] }
+    permissions: { exec: ["true"] }
+  - name: report
+    uses: "{echo}"
+    needs: [check]
+    with: { message: "plain=${{ stages.check.outputs.lint.exit-code }} quoted=${{ stages.check.outputs['lint.exit-code'] }}" }
+"#,
+    );
+    let (out, result) = run_json(&ws, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        stage(&result, "report")["outputs"][0],
+        serde_json::json!(["message", "plain=0 quoted=0"])
     );
 }
 
