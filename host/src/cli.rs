@@ -135,6 +135,9 @@ enum Command {
     /// List or inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Show or prune the compile cache (native code of every plugin run so far).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print the JSON Schema of the manifest format (for editors).
     #[command(
         after_help = "Example:\n  gantry schema > schema/gantry-manifest.schema.json\n\n\
@@ -175,6 +178,28 @@ struct WorkspaceArg {
 enum Output {
     Text,
     Json,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Where the cache is, how many components it holds and their size.
+    #[command(after_help = "Example:\n  gantry cache info")]
+    Info,
+    /// Remove the least recently used components until the cache fits a size.
+    #[command(
+        after_help = "The cache is pruned to GANTRY_CACHE_MAX_SIZE (default 1 GiB) \
+        after each new component anyway; this does it now, or to another size.\n\n\
+        Examples:\n  gantry cache prune\n  gantry cache prune --max-size 200MiB\n  \
+        gantry cache prune --all"
+    )]
+    Prune {
+        /// The size to prune to, e.g. `200MiB` (default: the cache's bound).
+        #[arg(long, value_parser = crate::units::parse_size, conflicts_with = "all")]
+        max_size: Option<u64>,
+        /// Remove every component.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -441,6 +466,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ]);
             }
             out!(@raw "{}", crate::show::table(&rows));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache(command) => {
+            use crate::units::format_size;
+            let runtime = new_runtime(options, &console)?;
+            let cache = runtime.cache();
+            let Some(dir) = cache.dir() else {
+                anyhow::bail!("no compile cache is in use (--no-cache, or it is unusable)");
+            };
+            match command {
+                CacheCommand::Info => {
+                    let entries = cache.entries();
+                    out!("{}", dir.display());
+                    out!(
+                        "{} component(s), {} (bound: {})",
+                        entries.len(),
+                        format_size(entries.iter().map(|e| e.size).sum()),
+                        format_size(cache.max_size())
+                    );
+                }
+                CacheCommand::Prune { max_size, all } => {
+                    let max = if all {
+                        0
+                    } else {
+                        max_size.unwrap_or(cache.max_size())
+                    };
+                    let pruned = cache.prune(max, None);
+                    out!(
+                        "removed {} component(s), {}; {} left, {}",
+                        pruned.removed,
+                        format_size(pruned.freed),
+                        pruned.entries,
+                        format_size(pruned.size)
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Inspect { plugin, json }) => {

@@ -108,3 +108,43 @@ fn a_cache_directory_others_can_write_is_refused() {
         "nothing written to an untrusted directory"
     );
 }
+
+#[test]
+fn the_cache_is_bounded_and_prunes_the_least_recently_used() {
+    let cache = tempfile::tempdir().unwrap();
+    let two = "pipeline: cache\nstages:\n  - name: a\n    uses: \"{noop}\"\n  - name: b\n    uses: \"{echo}\"\n    needs: [a]\n    with: { message: hi }\n";
+    let ws = Workspace::new().with_cache(cache.path());
+    ws.manifest(two);
+    let out = ws.gantry(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let info = ws.gantry(&["cache", "info"]);
+    assert!(info.stdout.contains("2 component(s)"), "{}", info.all());
+    assert!(info.stdout.contains("(bound: 1.0 GiB)"), "{}", info.all());
+
+    // With a bound smaller than one component, each new one replaces the rest.
+    let bounded = Workspace::new()
+        .with_cache(cache.path())
+        .env("GANTRY_CACHE_MAX_SIZE", "1KiB");
+    bounded.manifest(&two.replace("{noop}", "{hostile}").replace(
+        "name: a\n",
+        "name: a\n    with: { attack: env, target: X }\n",
+    ));
+    let out = bounded.gantry(&["run", "pipeline.yaml"]);
+    let info = bounded.gantry(&["cache", "info"]);
+    assert!(
+        info.stdout.contains("1 component(s)"),
+        "{}\n{}",
+        out.all(),
+        info.all()
+    );
+
+    let pruned = ws.gantry(&["cache", "prune", "--all"]);
+    assert_eq!(pruned.code, Some(0), "{}", pruned.all());
+    assert!(
+        pruned.stdout.starts_with("removed 1 component(s)"),
+        "{}",
+        pruned.stdout
+    );
+    let info = ws.gantry(&["cache", "info"]);
+    assert!(info.stdout.contains("0 component(s)"), "{}", info.all());
+}

@@ -7,6 +7,13 @@
 //! must be owned by the user and not writable by group or others, and so must
 //! each file (checked without following symlinks). Anything else is ignored and
 //! the component is compiled in memory.
+//!
+//! The cache is bounded (`GANTRY_CACHE_MAX_SIZE`, default 1 GiB): a hit marks
+//! its file as used (its mtime), and storing a new entry removes the least
+//! recently used ones until the cache fits. A rebuilt Python or JavaScript
+//! plugin is a new digest and ~40 MB of native code each time, so without the
+//! bound the cache would only grow. `gantry cache prune` does the same on
+//! demand.
 
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -32,6 +39,30 @@ pub struct CompileCache {
     dir: Option<PathBuf>,
     /// Identifies the engine configuration and gantry build; part of every key.
     engine_key: String,
+    /// The size the cache is pruned to after each new entry.
+    max_size: u64,
+}
+
+/// The cache's bound when `GANTRY_CACHE_MAX_SIZE` does not set one.
+pub const DEFAULT_MAX_SIZE: u64 = 1 << 30;
+
+/// One compiled component in the cache.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub size: u64,
+    /// When it was last stored or loaded.
+    pub used: std::time::SystemTime,
+}
+
+/// What a prune removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub removed: usize,
+    pub freed: u64,
+    /// What is left.
+    pub entries: usize,
+    pub size: u64,
 }
 
 impl CompileCache {
@@ -51,13 +82,24 @@ impl CompileCache {
     /// Returns the cache and, when `dir` is unusable, why.
     pub fn open(engine: &Engine, dir: Option<PathBuf>) -> (Self, Option<String>) {
         let engine_key = engine_key(engine);
+        let (max_size, size_warning) = match std::env::var("GANTRY_CACHE_MAX_SIZE") {
+            Ok(text) => match crate::units::parse_size(&text) {
+                Ok(max) => (max, None),
+                Err(e) => (
+                    DEFAULT_MAX_SIZE,
+                    Some(format!("GANTRY_CACHE_MAX_SIZE: {e}")),
+                ),
+            },
+            Err(_) => (DEFAULT_MAX_SIZE, None),
+        };
         let Some(dir) = dir else {
             return (
                 Self {
                     dir: None,
                     engine_key,
+                    max_size,
                 },
-                None,
+                size_warning,
             );
         };
         let dir = dir.join("components");
@@ -72,13 +114,15 @@ impl CompileCache {
                 Self {
                     dir: Some(dir),
                     engine_key,
+                    max_size,
                 },
-                None,
+                size_warning,
             ),
             Err(why) => (
                 Self {
                     dir: None,
                     engine_key,
+                    max_size,
                 },
                 Some(format!("compile cache disabled: {why}")),
             ),
@@ -87,6 +131,59 @@ impl CompileCache {
 
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// Every compiled component in the cache (files gantry wrote: private and
+    /// owned by this user), least recently used first.
+    pub fn entries(&self) -> Vec<Entry> {
+        let Some(dir) = &self.dir else {
+            return vec![];
+        };
+        let mut entries: Vec<Entry> = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .filter(|p| owned_by_me_and_private(p).is_ok())
+            .filter_map(|path| {
+                let meta = fs::symlink_metadata(&path).ok()?;
+                Some(Entry {
+                    size: meta.len(),
+                    used: meta.modified().ok()?,
+                    path,
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.used, e.path.clone()));
+        entries
+    }
+
+    /// Remove the least recently used entries until the cache holds at most
+    /// `max` bytes; `keep` (the entry just written) is never removed.
+    pub fn prune(&self, max: u64, keep: Option<&Path>) -> Pruned {
+        let entries = self.entries();
+        let mut size: u64 = entries.iter().map(|e| e.size).sum();
+        let mut pruned = Pruned::default();
+        let count = entries.len();
+        for e in entries {
+            if size <= max {
+                break;
+            }
+            if Some(e.path.as_path()) == keep || fs::remove_file(&e.path).is_err() {
+                continue;
+            }
+            size -= e.size;
+            pruned.removed += 1;
+            pruned.freed += e.size;
+        }
+        pruned.entries = count - pruned.removed;
+        pruned.size = size;
+        pruned
     }
 
     /// The component for `bytes` (whose sha256 is `digest`), from the cache or
@@ -109,6 +206,7 @@ impl CompileCache {
             // this engine configuration (it is in the key); wasmtime still checks
             // the header and refuses an incompatible file.
             if let Ok(component) = unsafe { Component::deserialize_file(engine, &path) } {
+                mark_used(&path);
                 return Ok((component, CacheOutcome::Hit));
             }
         }
@@ -118,6 +216,9 @@ impl CompileCache {
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|code| write_private(&path, &code));
+        if stored.is_ok() {
+            self.prune(self.max_size, Some(&path));
+        }
         Ok((
             component,
             if stored.is_ok() {
@@ -126,6 +227,18 @@ impl CompileCache {
                 CacheOutcome::Bypassed
             },
         ))
+    }
+}
+
+/// Mark a cache file as just used (its mtime), for least-recently-used pruning.
+fn mark_used(path: &Path) {
+    // Not following links: the file was checked to be a private regular file.
+    if let Ok(f) = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -213,6 +326,57 @@ mod tests {
                 .unwrap_err()
                 .contains("symlink")
         );
+    }
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_but_never_the_new_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let (cache, _) = CompileCache::open(&engine, Some(dir.path().to_path_buf()));
+        let comps = cache.dir().unwrap().to_path_buf();
+        let t = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + s);
+        for (name, used) in [("old", 1), ("mid", 2), ("new", 3)] {
+            let path = comps.join(format!("{name}.cwasm"));
+            write_private(&path, &[0u8; 100]).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(t(used))
+                .unwrap();
+        }
+        // A file that is not private is not ours to count or remove.
+        let foreign = comps.join("foreign.cwasm");
+        fs::write(&foreign, [0u8; 100]).unwrap();
+        fs::set_permissions(&foreign, fs::Permissions::from_mode(0o666)).unwrap();
+        let names = |c: &CompileCache| -> Vec<String> {
+            c.entries()
+                .iter()
+                .map(|e| e.path.file_stem().unwrap().to_string_lossy().into())
+                .collect()
+        };
+        assert_eq!(names(&cache), ["old", "mid", "new"]);
+
+        // Using `old` makes `mid` the least recently used.
+        mark_used(&comps.join("old.cwasm"));
+        assert_eq!(names(&cache), ["mid", "new", "old"]);
+        let pruned = cache.prune(200, None);
+        assert_eq!(
+            pruned,
+            Pruned {
+                removed: 1,
+                freed: 100,
+                entries: 2,
+                size: 200
+            }
+        );
+        assert_eq!(names(&cache), ["new", "old"]);
+
+        // The entry just written stays even if it alone is over the bound.
+        let pruned = cache.prune(0, Some(&comps.join("new.cwasm")));
+        assert_eq!((pruned.removed, pruned.entries), (1, 1));
+        assert_eq!(names(&cache), ["new"]);
+        assert!(foreign.exists());
     }
 
     #[test]

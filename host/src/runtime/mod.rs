@@ -136,6 +136,10 @@ impl Runtime {
         &self.engine
     }
 
+    pub fn cache(&self) -> &CompileCache {
+        &self.cache
+    }
+
     /// Check, compile (or fetch from the cache) and link a plugin. Loading the
     /// same bytes twice in one process returns the same plugin.
     pub fn load(&self, source: &PluginBytes) -> Result<Arc<Plugin>, LoadError> {
