@@ -58,16 +58,25 @@ pub struct Policy {
 }
 
 /// System directories programs need to run: their code, libraries, the
-/// loader's cache, name resolution, certificates, /proc for themselves.
-/// /etc is listed file by file so that e.g. /etc/shadow stays out of reach.
+/// loader's cache, name resolution, certificates, the machine's description.
+/// /etc is listed file by file so that e.g. /etc/shadow stays out of reach,
+/// and /proc too: no `/proc/<pid>` is readable, since the kernel lets a
+/// Landlock domain read another process's `environ`, `cmdline` and `maps`
+/// (only ptrace and `mem` are refused across domains).
 pub fn system_read() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
         "/sys/devices/system/cpu", "/sys/fs/cgroup",
     ]
     .iter()
     .map(PathBuf::from)
     .collect();
+    for name in [
+        "cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version", "filesystems",
+        "sys/kernel", "sys/vm", "sys/fs",
+    ] {
+        paths.push(Path::new("/proc").join(name));
+    }
     for name in [
         "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf",
         "hosts", "host.conf", "resolv.conf", "gai.conf", "services", "protocols", "localtime",
