@@ -841,3 +841,26 @@ fn gantry_killed_mid_exec_leaves_no_process_and_resume_continues() {
     assert_eq!(left_behind(&mark), Vec::<String>::new());
     resume_succeeds(&ws);
 }
+
+#[test]
+fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
+    // A stand-in for Docker's socket, outside the workspace.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // The system's python3, not a version manager's shim.
+    let ws = Workspace::new().env("PATH", "/usr/bin:/bin");
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
+        socket.display()
+    );
+    let out = contain(&ws, &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""));
+    assert!(out.stdout.contains("unix socket refused"), "{}", out.all());
+    assert!(listener.accept().is_err(), "no connection may be made");
+    let out = contain(
+        &ws,
+        &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3], exec-network: true }", ""),
+    );
+    assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
+}

@@ -14,7 +14,7 @@ use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use crate::report::Level;
 use crate::runtime::bindings::exec::{Command, ExitStatus};
 use crate::runtime::bindings::types::HostError;
-use crate::sandbox::{Support, cgroup::StageCgroup, landlock, loader, spawn};
+use crate::sandbox::{self, Support, cgroup::StageCgroup, landlock, loader, spawn};
 use anyhow::Context;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -213,6 +213,8 @@ struct Confinement {
     tmp: PathBuf,
     pid_namespace: bool,
     net_namespace: bool,
+    /// No unix sockets, where Landlock cannot filter their paths.
+    seccomp: Option<sandbox::seccomp::Filter>,
 }
 
 impl Drop for Confinement {
@@ -321,6 +323,8 @@ impl ExecState {
                 && !self.grant.network
                 && support.landlock_abi < 4
                 && support.pid_namespace,
+            seccomp: (confine && !self.grant.network && support.landlock_abi < 9)
+                .then(sandbox::seccomp::Filter::new),
         });
         *slot = Some(c.clone());
         Ok(c)
@@ -396,6 +400,7 @@ impl ExecState {
             pid_namespace: confinement.pid_namespace,
             net_namespace: confinement.net_namespace,
             nproc: confinement.cgroup.is_none().then_some(self.processes),
+            seccomp: confinement.seccomp.as_ref(),
         };
         let started = Instant::now();
         let spawned = spawn::spawn(&request)
@@ -532,5 +537,59 @@ async fn pump(mut reader: impl AsyncRead + Unpin, level: Level, log: &StageLog) 
 impl crate::runtime::bindings::exec::Host for crate::runtime::state::StageState {
     async fn run(&mut self, cmd: Command) -> wasmtime::Result<Result<ExitStatus, HostError>> {
         Ok(self.exec.run(cmd).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn exec_paths_expand_home_variables_and_defaults() {
+        let base = Path::new("/manifest/dir");
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(expand_path("~/.rustup", base).unwrap(), Path::new(&home).join(".rustup"));
+        assert_eq!(expand_path("$HOME/x", base).unwrap(), Path::new(&home).join("x"));
+        assert_eq!(expand_path("${HOME}/x", base).unwrap(), Path::new(&home).join("x"));
+        assert_eq!(
+            expand_path("${GANTRY_TEST_SURELY_UNSET:-~/.cargo}/registry", base).unwrap(),
+            Path::new(&home).join(".cargo/registry")
+        );
+        assert_eq!(expand_path("cache", base).unwrap(), Path::new("/manifest/dir/cache"));
+        let (err, help) = expand_path("$GANTRY_TEST_SURELY_UNSET/x", base).unwrap_err();
+        assert!(err.contains("reads $GANTRY_TEST_SURELY_UNSET, which is not set"), "{err}");
+        assert!(help.unwrap().contains("${GANTRY_TEST_SURELY_UNSET:-~/...}"));
+        assert!(expand_path("/a/../etc", base).unwrap_err().0.contains("`..`"));
+        assert!(expand_path("${HOME", base).is_err());
+    }
+
+    fn plan_errors(permissions: &str) -> String {
+        let text = format!(
+            "pipeline: p\nstages:\n  - name: a\n    uses: command\n    with: {{ steps: [{{ run: [cargo] }}] }}\n    permissions: {permissions}\n"
+        );
+        let file = crate::manifest::ManifestFile::parse(Path::new("pipeline.yaml"), text).unwrap();
+        match crate::plan::Plan::new(&file, None) {
+            Ok(plan) => format!("ok: {:?}", plan.stages[0].grants.describe()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn exec_grants_are_checked_with_file_line_and_field() {
+        let err = plan_errors("{ exec: [cargo], exec-read: [\"$GANTRY_TEST_SURELY_UNSET/x\"] }");
+        assert!(
+            err.contains("pipeline.yaml:6:47: stages[0].permissions.exec-read[0]: `$GANTRY_TEST_SURELY_UNSET/x` reads"),
+            "{err}"
+        );
+        let err = plan_errors("{ exec-write: [/tmp/x] }");
+        assert!(
+            err.contains("stages[0].permissions.exec-write: `exec-write` is for programs started through `exec`, but the stage is granted none"),
+            "{err}"
+        );
+        let ok = plan_errors("{ exec: [cargo], exec-read: [/opt/tool], exec-network: true }");
+        assert!(ok.contains("exec-read: /opt/tool"), "{ok}");
+        assert!(ok.contains("exec-network: TCP allowed"), "{ok}");
+        assert!(ok.contains("exec confinement: "), "{ok}");
     }
 }

@@ -40,7 +40,8 @@ pub fn enforced(abi: i32) -> &'static str {
         ..=0 => "nothing",
         1..=3 => "files; no TCP or signal scoping, so a network namespace is used",
         4 | 5 => "files, TCP; no signal scoping",
-        _ => "files, TCP, signals, abstract sockets",
+        6..=8 => "files, TCP, signals, abstract unix sockets",
+        _ => "files, TCP, signals, abstract and path unix sockets",
     }
 }
 
@@ -103,9 +104,12 @@ pub fn system_devices() -> Vec<PathBuf> {
 pub fn ruleset(policy: &Policy) -> anyhow::Result<OwnedFd> {
     let abi = TARGET;
     let file_rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
+    // Connecting to a unix socket by its path (Docker's, say) is handled
+    // where the kernel knows it (ABI 9); allowed only below writable paths.
+    let write = AccessFs::from_all(abi) | AccessFs::ResolveUnix;
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
-        .handle_access(AccessFs::from_all(abi))
+        .handle_access(write)
         .context("Landlock: filesystem rights")?
         .scope(Scope::from_all(abi))
         .context("Landlock: scopes")?;
@@ -117,7 +121,7 @@ pub fn ruleset(policy: &Policy) -> anyhow::Result<OwnedFd> {
     let mut created = ruleset.create().context("Landlock: creating the ruleset")?;
     let rules = (policy.read.iter().map(|p| (p, AccessFs::from_read(abi))))
         .chain(policy.devices.iter().map(|p| (p, file_rw)))
-        .chain(policy.write.iter().map(|p| (p, AccessFs::from_all(abi))));
+        .chain(policy.write.iter().map(|p| (p, write)));
     for (path, access) in rules {
         let fd = match PathFd::new(path) {
             Ok(fd) => fd,

@@ -14,6 +14,8 @@
 //!   included;
 //! - [`cgroup`]: the stage's processes share a pids cgroup that caps their
 //!   number and is emptied when the stage ends (and again on `gantry resume`);
+//! - [`seccomp`]: where Landlock cannot refuse connecting to unix sockets by
+//!   path (before ABI 9), no unix sockets without `exec-network`;
 //! - [`loader`]: variables that change how programs are loaded are refused, and
 //!   granted names are looked up on the host's PATH without relative entries.
 //!
@@ -24,6 +26,7 @@
 pub mod cgroup;
 pub mod landlock;
 pub mod loader;
+pub mod seccomp;
 pub mod spawn;
 
 use std::path::PathBuf;

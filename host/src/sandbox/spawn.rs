@@ -53,6 +53,8 @@ pub struct Request<'a> {
     pub net_namespace: bool,
     /// RLIMIT_NPROC, where no cgroup caps processes.
     pub nproc: Option<u64>,
+    /// A seccomp filter to install (after no_new_privs).
+    pub seccomp: Option<&'a super::seccomp::Filter>,
 }
 
 /// A started program, its output pipes, and the handle that kills its tree.
@@ -74,6 +76,7 @@ const STEPS: &[&str] = &[
     "setting no_new_privs",
     "applying the Landlock ruleset",
     "executing it",
+    "installing the seccomp filter",
 ];
 
 /// Everything the child needs, prepared by the parent: between clone and exec
@@ -90,6 +93,8 @@ struct ChildArgs {
     landlock: RawFd,
     cgroup: RawFd,
     nproc: u64,
+    /// The seccomp program, or null.
+    seccomp: *const super::seccomp::SockFprog,
     own_group: bool,
     /// Written by the child when a step fails: the step and errno.
     failed_step: AtomicI32,
@@ -156,10 +161,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 return fail(6);
             }
         }
-        if a.landlock >= 0 {
+        if a.landlock >= 0 || !a.seccomp.is_null() {
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return fail(7);
             }
+        }
+        if !a.seccomp.is_null()
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, a.seccomp, 0, 0) != 0
+        {
+            return fail(10);
+        }
+        if a.landlock >= 0 {
             if libc::syscall(libc::SYS_landlock_restrict_self, a.landlock, 0u32) != 0 {
                 return fail(8);
             }
@@ -197,6 +209,7 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
         argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp_ptrs: Vec<*const c_char> =
         envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let seccomp = req.seccomp.map(|f| f.prog());
     let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -211,6 +224,7 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
         landlock: req.landlock.map_or(-1, |fd| fd.as_raw_fd()),
         cgroup: req.cgroup.map_or(-1, |fd| fd.as_raw_fd()),
         nproc: req.nproc.unwrap_or(0),
+        seccomp: seccomp.as_ref().map_or(std::ptr::null(), |p| p as *const _),
         own_group: !req.pid_namespace,
         failed_step: AtomicI32::new(0),
         errno: AtomicI32::new(0),
