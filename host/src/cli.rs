@@ -54,6 +54,11 @@ struct Global {
     /// Compile every component in memory; read and write no cache.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Run programs started through `exec` without Landlock, with your full
+    /// access (same as GANTRY_UNCONFINED_EXEC=1). Meant for kernels without
+    /// Landlock, where `exec` is refused otherwise; plan and summary say so.
+    #[arg(long, global = true)]
+    unconfined_exec: bool,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +70,8 @@ enum Command {
         <workspace>/.gantry/runs/<run-id>/ (journal, per-stage logs, summary); if gantry dies, \
         `gantry resume <run-id>` continues it. Ctrl-C stops running stages and records it.\n\n\
         Exit status: 0 when every stage succeeded (or was skipped by its condition), 1 when a \
-        stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C."
+        stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C, \
+        143 on SIGTERM, 129 on SIGHUP (each stops the run like Ctrl-C; a second signal exits at once)."
     )]
     Run {
         /// The pipeline manifest (YAML).
@@ -237,6 +243,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.global.unconfined_exec {
+        crate::sandbox::opt_into_unconfined();
+    }
     let options = RuntimeOptions {
         cache_dir: if cli.global.no_cache {
             None
@@ -609,6 +618,12 @@ fn finish_run(
     } else {
         format!("run {} failed: {}", result.run_id, failed.join(", "))
     };
+    if result.exec_unconfined {
+        console.note(
+            "warning: programs started through exec ran UNCONFINED, with your full access \
+             (GANTRY_UNCONFINED_EXEC=1 or --unconfined-exec)",
+        );
+    }
     console.note(&verdict);
     if crate::vso::enabled() {
         for line in crate::vso::commands(&result) {
@@ -619,7 +634,7 @@ fn finish_run(
         out!("{}", serde_json::to_string_pretty(&result)?);
     }
     Ok(if result.cancelled {
-        ExitCode::from(130)
+        ExitCode::from(128 + result.signal.unwrap_or(libc::SIGINT) as u8)
     } else if result.succeeded() {
         ExitCode::SUCCESS
     } else {

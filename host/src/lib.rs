@@ -8,6 +8,8 @@
 //! - [`runtime`]: the wasmtime engine, the compile cache, loading and running components.
 //! - [`capabilities`]: one module per host capability (log, secrets, exec, http, ...),
 //!   each with its grant (from the manifest) and its per-instance state.
+//! - [`sandbox`]: kernel confinement (Landlock, PID namespaces, cgroups) of the
+//!   programs a stage starts through `exec`.
 //! - [`plugins`]: built-in plugins embedded in the binary and local `.wasm` files.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`cli`]: the `gantry` command line.
@@ -25,6 +27,7 @@ pub mod plugins;
 pub mod redact;
 pub mod report;
 pub mod runtime;
+pub mod sandbox;
 pub mod schema;
 pub mod show;
 pub mod units;

@@ -221,6 +221,23 @@ pub struct Permissions {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub exec: Vec<Spanned<String>>,
+    /// Paths the programs started through `exec` may read and execute, beyond
+    /// the workspace, the system and their own installation (e.g. a toolchain:
+    /// `~/.rustup`). `~` and `$VAR` / `${VAR:-default}` are expanded.
+    #[serde(default, rename = "exec-read")]
+    #[schemars(with = "Vec<String>")]
+    pub exec_read: Vec<Spanned<String>>,
+    /// Paths the programs started through `exec` may write (e.g. a registry
+    /// cache: `${CARGO_HOME:-~/.cargo}/registry`); made as directories when
+    /// missing. Expanded like `exec-read`.
+    #[serde(default, rename = "exec-write")]
+    #[schemars(with = "Vec<String>")]
+    pub exec_write: Vec<Spanned<String>>,
+    /// Whether the programs started through `exec` may open TCP connections
+    /// and listen (e.g. to fetch crates). Without it they have no TCP.
+    #[serde(default, rename = "exec-network")]
+    #[schemars(with = "Option<bool>")]
+    pub exec_network: Option<Spanned<bool>>,
     /// Secrets the stage may read, by name (defined under top-level `secrets:`).
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
@@ -288,6 +305,11 @@ pub struct Limits {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub artifacts: Option<Spanned<String>>,
+    /// Processes and threads the stage's exec'd programs may have at once,
+    /// e.g. `256` (default 1024).
+    #[serde(default)]
+    #[schemars(with = "Option<u64>")]
+    pub processes: Option<Spanned<u64>>,
 }
 
 /// A manifest with its source text, for diagnostics.

@@ -77,8 +77,16 @@ pub struct RunResult {
     /// Wall-clock time from the run's start to this end, including the time
     /// between a crash and `gantry resume`.
     pub duration_ms: u64,
-    /// True when Ctrl-C stopped the run; `gantry resume` continues it.
+    /// True when Ctrl-C (or SIGTERM, SIGHUP) stopped the run; `gantry resume`
+    /// continues it.
     pub cancelled: bool,
+    /// Programs started through `exec` ran without Landlock, because the user
+    /// opted out (GANTRY_UNCONFINED_EXEC=1 or --unconfined-exec).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exec_unconfined: bool,
+    /// The signal that stopped the run (2, 15 or 1): gantry exits 128 + it.
+    #[serde(skip)]
+    pub signal: Option<i32>,
     pub stages: Vec<StageResult>,
 }
 
@@ -301,7 +309,33 @@ pub struct Pipeline<'a> {
 
 /// Why the executor stopped early.
 enum Stop {
-    Cancelled,
+    /// By this signal.
+    Cancelled(i32),
+}
+
+/// The signals that cancel a run: Ctrl-C (SIGINT), SIGTERM (what service
+/// managers, `kill` and CI runners send) and SIGHUP (a closed terminal).
+const CANCEL_SIGNALS: [(i32, &str); 3] = [
+    (libc::SIGINT, "Ctrl-C"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGHUP, "SIGHUP"),
+];
+
+/// The next cancelling signal's number.
+async fn cancel_signal() -> std::io::Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut streams = vec![];
+    for (n, _) in CANCEL_SIGNALS {
+        streams.push((n, signal(SignalKind::from_raw(n))?));
+    }
+    let waits = streams.iter_mut().map(|(n, s)| {
+        let n = *n;
+        Box::pin(async move {
+            s.recv().await;
+            n
+        })
+    });
+    Ok(futures::future::select_all(waits).await.0)
 }
 
 impl Pipeline<'_> {
@@ -358,13 +392,37 @@ impl Pipeline<'_> {
         for line in resume.describe() {
             self.reporter.note(&line);
         }
+        let execs = self.plan.stages.iter().any(|u| !u.grants.exec.programs.is_empty());
+        if execs {
+            let how = crate::sandbox::Support::get().describe();
+            if crate::sandbox::unconfined_opted_in() {
+                self.reporter.note(&format!("warning: exec'd programs run {how}"));
+            } else {
+                self.reporter.debug(&format!("exec'd programs run confined: {how}"));
+            }
+        }
+        // Programs of a stage cut off by a crash die with their host (their
+        // parent-death signal), but make sure before starting it again.
+        if let Some(root) = &crate::sandbox::Support::get().cgroup {
+            for stage in resume.interrupted.keys() {
+                if crate::sandbox::cgroup::reap_leftovers(root, &self.run_id, stage) {
+                    self.reporter.debug(&format!(
+                        "{stage}: emptied its cgroup from the interrupted run"
+                    ));
+                }
+            }
+        }
         let run_started_ms = resume.started_ms.unwrap_or_else(now_ms);
         ctx.collector
             .push(base.event(EventKind::RunStarted, None, &self.plan.pipeline));
         let started = Instant::now();
 
         let (done, stop) = self.execute(plugins, &ctx, &journal, resume).await?;
-        let cancelled = matches!(stop, Some(Stop::Cancelled));
+        let signal = match stop {
+            Some(Stop::Cancelled(n)) => Some(n),
+            None => None,
+        };
+        let cancelled = signal.is_some();
         let stages = self
             .plan
             .stages
@@ -390,6 +448,8 @@ impl Pipeline<'_> {
             status: "",
             duration_ms: now_ms().saturating_sub(run_started_ms),
             cancelled,
+            exec_unconfined: execs && crate::sandbox::unconfined_opted_in(),
+            signal,
             stages,
         };
         result.status = if cancelled {
@@ -441,7 +501,7 @@ impl Pipeline<'_> {
         }
         let mut started: Vec<String> = done.keys().cloned().collect();
         let mut running = FuturesUnordered::new();
-        let ctrl_c = tokio::signal::ctrl_c();
+        let ctrl_c = cancel_signal();
         tokio::pin!(ctrl_c);
         loop {
             let mut progressed = true;
@@ -498,18 +558,28 @@ impl Pipeline<'_> {
                     self.finish(journal, ctx, &result, elapsed)?;
                     done.insert(result.name.clone(), result);
                 }
-                _ = &mut ctrl_c => {
+                signo = &mut ctrl_c => {
+                    let signo = signo?;
+                    // A second signal does not wait for the journal: exit at
+                    // once. The programs stages started die with gantry
+                    // (their parent-death signal).
+                    tokio::spawn(async move {
+                        if let Ok(again) = cancel_signal().await {
+                            std::process::exit(128 + again);
+                        }
+                    });
                     // Dropping the futures drops their Stores and kills the
                     // programs they started; the stages run again on resume.
                     drop(running);
                     let stopped: Vec<String> = started.iter().filter(|s| !done.contains_key(*s)).cloned().collect();
                     journal.lock().unwrap().append(&Record::RunCancelled { stages: stopped.clone(), ts_ms: now_ms() })?;
+                    let by = CANCEL_SIGNALS.iter().find(|(n, _)| *n == signo).map_or("a signal", |(_, w)| w);
                     self.reporter.note(&format!(
-                        "cancelled: stopped {}; `gantry resume {}` continues the run",
+                        "cancelled by {by}: stopped {}; `gantry resume {}` continues the run",
                         if stopped.is_empty() { "nothing".to_string() } else { stopped.join(", ") },
                         self.run_id
                     ));
-                    return Ok((done, Some(Stop::Cancelled)));
+                    return Ok((done, Some(Stop::Cancelled(signo))));
                 }
             }
         }

@@ -694,6 +694,17 @@ fn resolve_limits(
             )),
         }
     }
+    if let Some(v) = &spec.processes {
+        match v.value {
+            1..=1_000_000 => limits.processes = v.value,
+            _ => errors.push(file.error(
+                &v.referenced,
+                &format!("{field}.limits.processes"),
+                "must be between 1 and 1000000",
+                None,
+            )),
+        }
+    }
     if let Some(v) = &spec.cpu {
         match parse_duration(&v.value) {
             Ok(d) => limits.cpu = d,

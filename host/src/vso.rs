@@ -86,6 +86,8 @@ mod tests {
             status: "failed",
             duration_ms: 2,
             cancelled: false,
+            exec_unconfined: false,
+            signal: None,
             stages: vec![
                 stage(
                     "build",

@@ -694,3 +694,338 @@ fn the_cluster_is_denied_outside_granted_namespaces() {
         "environment `default` names no cluster: add `cluster: { kubeconfig: <path>, context: <name> }`",
     );
 }
+
+// Programs started through `exec` are confined by the kernel, and nothing they
+// start outlives their stage.
+
+/// The `evil` stage: the hostile plugin execs `program` with `args` (and the
+/// variables `env`, a JSON object), under `permissions` (a YAML flow mapping).
+fn exec_stage(program: &str, args: &[&str], env: &str, permissions: &str, extra: &str) -> String {
+    format!(
+        "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: exec, target: \"{program}\", args: {}, env: {env} }}\n    permissions: {permissions}\n{extra}",
+        serde_json::to_string(args).unwrap()
+    )
+}
+
+/// A marker no other process on the machine has in its command line.
+fn marker(what: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("gantry-test-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Pids of the processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            // Zombies have an empty command line; they hold nothing.
+            cmd.contains(marker).then(|| format!("{} {cmd}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+/// Wait until a process holding `marker` runs (at most a minute).
+fn wait_for_process(marker: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while processes_with(marker).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no process `{marker}` started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Wait until no process holds `marker`; the ones left after a minute.
+fn left_behind(marker: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_exec_denial_for_a_path_suggests_the_name_validate_accepts() {
+    let ws = Workspace::new();
+    let out = attack(&ws, "exec", "/bin/sh", "");
+    failed_with(
+        &out,
+        "denied",
+        "stage `evil` is not allowed to run `/bin/sh`: grant it with `stages[0].permissions.exec: [sh]`",
+    );
+    // And that grant is one `gantry validate` accepts.
+    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: \"{hostile}\"\n    with: { attack: exec, target: sh }\n    permissions: { exec: [sh] }\n");
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+#[test]
+fn exec_cannot_read_the_memory_or_environment_of_gantry_nor_signal_it() {
+    let secret = marker("environ-secret");
+    let ws = Workspace::new().env("GANTRY_TEST_SECRET", &secret);
+    // The program learns gantry's pid from the file the test writes.
+    let script = r#"while [ ! -s gantry.pid ]; do sleep 0.05; done; p=$(cat gantry.pid); d=/proc/$p
+echo "attacking gantry $p"
+cat $d/environ && echo "READ-ENVIRON" || echo "environ refused"
+cat $d/cmdline >/dev/null && echo "READ-CMDLINE" || echo "cmdline refused"
+head -c 16 $d/mem >/dev/null && echo "READ-MEM" || echo "mem refused"
+kill -STOP $p && echo "STOPPED" || echo "kill refused"
+kill -0 $p && echo "SIGNALLED" || echo "signal refused"
+cat /proc/*/environ; true"#;
+    ws.manifest(&format!(
+        "pipeline: sandbox\nstages:\n{}  - name: benign\n    uses: \"{{noop}}\"\n",
+        exec_stage("sh", &["-c", script], "{}", "{ exec: [sh] }", "")
+    ));
+    let child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ws.write("gantry.pid", child.id().to_string());
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // gantry was not stopped: it finished, and so did the benign stage.
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("✔ benign"), "{all}");
+    assert!(all.contains(&format!("attacking gantry {}", std::fs::read_to_string(ws.path().join("gantry.pid")).unwrap())), "{all}");
+    for line in ["environ refused", "cmdline refused", "mem refused", "kill refused", "signal refused"] {
+        assert!(all.contains(line), "expected `{line}`:\n{all}");
+    }
+    for bad in ["READ-ENVIRON", "READ-CMDLINE", "READ-MEM", "STOPPED", "SIGNALLED"] {
+        assert!(!all.contains(bad), "`{bad}`:\n{all}");
+    }
+    assert!(!all.contains(&secret), "gantry's environment leaked:\n{all}");
+}
+
+#[test]
+fn exec_cannot_write_outside_the_workspace_or_a_read_only_one() {
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("pwned.txt");
+    let ws = Workspace::new();
+    let script = format!("touch {} ; touch pwned.txt ; touch $TMPDIR/scratch && echo tmp-ok", target.display());
+    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", ""));
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
+    assert!(out.stdout.contains("tmp-ok"), "the private TMPDIR is writable: {}", out.stdout);
+    assert!(!target.exists(), "wrote outside the workspace");
+    assert!(!ws.path().join("pwned.txt").exists(), "wrote a read-only workspace");
+    // With `workspace: write` the workspace is writable, outside still is not.
+    let out = contain(
+        &ws,
+        &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh], workspace: write }", ""),
+    );
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(ws.path().join("pwned.txt").exists(), "{}", out.all());
+    assert!(!target.exists(), "wrote outside the workspace");
+}
+
+#[test]
+fn exec_reads_only_granted_paths_outside_the_workspace() {
+    let (dir, file) = outside_secret();
+    let ws = Workspace::new();
+    let args = ["-c", &format!("cat {}", file.display())];
+    let out = contain(&ws, &exec_stage("sh", &args, "{}", "{ exec: [sh] }", ""));
+    assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
+    assert!(!out.all().contains("TOP-SECRET-OUTSIDE"));
+    let granted = format!("{{ exec: [sh], exec-read: [\"{}\"] }}", dir.path().display());
+    let out = contain(&ws, &exec_stage("sh", &args, "{}", &granted, ""));
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(out.stdout.contains("TOP-SECRET-OUTSIDE"), "{}", out.stdout);
+    // Writing it takes `exec-write`.
+    let write = ["-c", &format!("echo changed > {}", file.display())];
+    contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "TOP-SECRET-OUTSIDE");
+    let granted = format!("{{ exec: [sh], exec-write: [\"{}\"] }}", dir.path().display());
+    let out = contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "changed\n");
+}
+
+#[test]
+fn exec_has_no_network_unless_granted() {
+    let server = HttpServer::start("x");
+    let ws = Workspace::new();
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{} && echo CONNECTED || echo connect-refused",
+        server.port
+    );
+    let out = contain(&ws, &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash] }", ""));
+    assert!(out.stdout.contains("connect-refused"), "{}", out.stdout);
+    assert!(!out.stdout.contains("CONNECTED"), "{}", out.stdout);
+    assert_eq!(server.hits(), 0, "no connection may be made");
+    let out = contain(
+        &ws,
+        &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash], exec-network: true }", ""),
+    );
+    assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
+    assert_eq!(server.hits(), 1);
+}
+
+#[test]
+fn exec_refuses_variables_that_change_how_programs_are_loaded() {
+    let ws = Workspace::new();
+    ws.write("evil.so", "not really a library");
+    for (var, value) in [("LD_PRELOAD", "./evil.so"), ("GCONV_PATH", "."), ("TMPDIR", "/tmp")] {
+        let out = contain(
+            &ws,
+            &exec_stage("true", &[], &format!("{{ {var}: \"{value}\" }}"), "{ exec: [\"true\"] }", ""),
+        );
+        let expected = format!(
+            "stage `evil` is not allowed to pass `{var}` to `true`: variables that change how programs are loaded"
+        );
+        failed_with(&out, "denied", &expected);
+        assert!(out.stdout.contains(&format!("denied: {expected}")), "{}", out.stdout);
+    }
+}
+
+#[test]
+fn exec_skips_relative_path_entries() {
+    let ws = Workspace::new();
+    let planted = ws.write("gantry-planted", "#!/bin/sh\necho PLANTED-RAN\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:.:", std::env::var("PATH").unwrap());
+    let ws = ws.env("PATH", &path);
+    let out = contain(&ws, &exec_stage("gantry-planted", &[], "{}", "{ exec: [gantry-planted] }", ""));
+    failed_with(&out, "failed", "`gantry-planted` is granted but not found on the host's PATH");
+    assert!(!out.stdout.contains("PLANTED-RAN"), "{}", out.stdout);
+}
+
+#[test]
+fn a_fork_bomb_is_capped_by_the_process_limit() {
+    let ws = Workspace::new();
+    let mark = marker("fork");
+    let script = format!(
+        "i=0; while [ $i -lt 200 ]; do sh -c 'sleep 600; :' {mark} & i=$((i+1)); done; echo spawned; wait"
+    );
+    let out = contain(
+        &ws,
+        &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "    limits: { processes: 40 }\n    timeout: 20s\n"),
+    );
+    let all = out.all();
+    assert!(
+        all.contains("Cannot fork") || all.contains("Resource temporarily unavailable"),
+        "forks past the cap must fail:\n{all}"
+    );
+    assert_eq!(left_behind(&mark), Vec::<String>::new());
+}
+
+#[test]
+fn nothing_an_exec_started_outlives_it() {
+    let ws = Workspace::new();
+    let (a, b) = (marker("setsid"), marker("double-fork"));
+    // A new session holding the output pipe, and a double fork.
+    let script = format!("setsid sh -c 'sleep 600; :' {a} & (sh -c 'sleep 600; :' {b} &) ; echo started");
+    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh, setsid] }", "    timeout: 300s\n"));
+    // It finished (rather than waiting for the sleeps' pipe to close at the timeout).
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(out.stdout.contains("started"), "{}", out.stdout);
+    assert_eq!(left_behind(&a), Vec::<String>::new());
+    assert_eq!(left_behind(&b), Vec::<String>::new());
+}
+
+#[test]
+fn a_stage_killed_by_its_timeout_leaves_nothing() {
+    let ws = Workspace::new();
+    let mark = marker("timeout");
+    let script = format!("setsid sh -c 'sleep 600; :' {mark} & sh -c 'sleep 600; :' {mark}");
+    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "    timeout: 2s\n"));
+    failed_with(&out, "timeout", "did not finish within its timeout of 2s");
+    assert_eq!(left_behind(&mark), Vec::<String>::new());
+}
+
+/// A run whose one stage execs a long sleep (until `go` exists in the
+/// workspace) marked with `mark`, started in the background.
+fn start_sleeper(ws: &Workspace, mark: &str) -> std::process::Child {
+    let script = format!("test -e go || setsid sh -c 'sleep 600; :' {mark}; test -e go || sleep 600");
+    ws.manifest(&format!(
+        "pipeline: p\nstages:\n{}  - name: benign\n    uses: \"{{noop}}\"\n",
+        exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "")
+    ));
+    let child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ws.wait_for_journal("\"event\":\"stage-started\",\"stage\":\"evil\"");
+    wait_for_process(mark);
+    child
+}
+
+fn resume_succeeds(ws: &Workspace) {
+    ws.write("go", "");
+    let journal = ws.only_journal().unwrap();
+    let run_id = journal.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let out = ws.gantry(&["resume", &run_id]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.succeeded("evil") && out.succeeded("benign"), "{}", out.all());
+}
+
+#[test]
+fn sigterm_cancels_like_ctrl_c_and_the_run_resumes() {
+    for (signal, code, name) in [("-TERM", 143, "SIGTERM"), ("-HUP", 129, "SIGHUP")] {
+        let ws = Workspace::new();
+        let mark = marker("sigterm");
+        let child = start_sleeper(&ws, &mark);
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}");
+        let journal = std::fs::read_to_string(ws.only_journal().unwrap()).unwrap();
+        assert!(
+            journal.contains("\"event\":\"run-cancelled\",\"stages\":[\"evil\"]"),
+            "{journal}"
+        );
+        assert_eq!(left_behind(&mark), Vec::<String>::new(), "{name}");
+        resume_succeeds(&ws);
+    }
+}
+
+#[test]
+fn gantry_killed_mid_exec_leaves_no_process_and_resume_continues() {
+    let ws = Workspace::new();
+    let mark = marker("sigkill");
+    let mut child = start_sleeper(&ws, &mark);
+    child.kill().unwrap(); // SIGKILL: gantry cleans up nothing itself
+    child.wait().unwrap();
+    assert_eq!(left_behind(&mark), Vec::<String>::new());
+    resume_succeeds(&ws);
+}
+
+#[test]
+fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
+    // A stand-in for Docker's socket, outside the workspace.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // The system's python3, not a version manager's shim.
+    let ws = Workspace::new().env("PATH", "/usr/bin:/bin");
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
+        socket.display()
+    );
+    let out = contain(&ws, &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""));
+    assert!(out.stdout.contains("unix socket refused"), "{}", out.all());
+    assert!(listener.accept().is_err(), "no connection may be made");
+    let out = contain(
+        &ws,
+        &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3], exec-network: true }", ""),
+    );
+    assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
+}

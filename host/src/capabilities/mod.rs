@@ -64,15 +64,16 @@ impl Grants {
     /// One line per granted capability, for `gantry validate` and `plugins inspect`.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = vec![self.workspace.describe()];
-        let mut list = |what: &str, names: &[String]| {
+        let list = |lines: &mut Vec<String>, what: &str, names: &[String]| {
             if !names.is_empty() {
                 lines.push(format!("{what}: {}", names.join(", ")));
             }
         };
-        list("env", &self.env.names);
-        list("exec", &self.exec.programs);
-        list("secrets", &self.secrets.names);
+        list(&mut lines, "env", &self.env.names);
+        lines.extend(self.exec.describe());
+        list(&mut lines, "secrets", &self.secrets.names);
         list(
+            &mut lines,
             "http",
             &self
                 .http
@@ -81,8 +82,8 @@ impl Grants {
                 .map(|o| o.to_string())
                 .collect::<Vec<_>>(),
         );
-        list("engine registries", &self.registries.registries);
-        list("cluster namespaces", &self.cluster.namespaces);
+        list(&mut lines, "engine registries", &self.registries.registries);
+        list(&mut lines, "cluster namespaces", &self.cluster.namespaces);
         if self.engine.granted {
             lines.push("engine: granted".into());
         }

@@ -27,6 +27,8 @@ pub struct Limits {
     pub summary: u64,
     /// Bytes of all artifact fields.
     pub artifacts: u64,
+    /// Processes (and threads) of the stage's exec'd programs at once.
+    pub processes: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             outputs: 1 << 20,
             summary: 64 << 10,
             artifacts: 1 << 20,
+            processes: 1024,
         }
     }
 }

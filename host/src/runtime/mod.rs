@@ -600,13 +600,16 @@ impl StageState {
                 store: ctx.secrets.clone(),
                 subject: subject.clone(),
             },
-            exec: exec::ExecState {
-                grant: grants.exec.clone(),
-                subject: subject.clone(),
-                workspace: ctx.workspace.clone(),
+            exec: exec::ExecState::new(
+                grants.exec.clone(),
+                subject.clone(),
+                ctx.workspace.clone(),
+                grants.workspace.write,
                 env,
-                log: log.clone(),
-            },
+                log.clone(),
+                ctx.base.run_id.clone(),
+                limits.processes,
+            ),
             telemetry: telemetry::TelemetryState {
                 collector: ctx.collector.clone(),
                 base: ctx.base.clone(),

@@ -17,6 +17,9 @@ struct Config {
     /// Working directory for the `exec` attack.
     #[serde(default)]
     cwd: Option<String>,
+    /// Variables the `exec` attack passes to the program (e.g. LD_PRELOAD).
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
 }
 
 fn default_args() -> Vec<String> {
@@ -156,13 +159,14 @@ impl Guest for Hostile {
                     program: t.into(),
                     args: cfg.args.clone(),
                     cwd: cfg.cwd.clone(),
-                    env: vec![],
+                    env: cfg.env.clone().into_iter().collect(),
                     timeout_ms: None,
                 })?;
                 ok(format!(
-                    "ran {t}: exit {:?}: {}",
+                    "ran {t}: exit {:?}: {} {}",
                     status.code,
-                    status.stdout.trim_end()
+                    status.stdout.trim_end(),
+                    status.stderr.trim_end()
                 ))
             }
             "engine" => ok(format!("pulled {}", gantry_sdk::engine::pull(t)?)),
