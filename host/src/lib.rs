@@ -27,6 +27,7 @@ pub mod report;
 pub mod runtime;
 pub mod schema;
 pub mod show;
+pub mod state_dir;
 pub mod units;
 pub mod vso;
 
@@ -34,4 +35,7 @@ pub mod vso;
 /// semver-compatible version.
 pub const WIT_PACKAGE: &str = "gantry:pipeline";
 /// The version of [`WIT_PACKAGE`] this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+/// Older versions whose plugins this host still runs (wit/v0.1/), each
+/// through its own bindings adapted onto the same implementation.
+pub const WIT_OLDER: &[&str] = &["0.1.0"];

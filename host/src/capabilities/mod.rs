@@ -18,6 +18,7 @@ pub mod exec;
 pub mod http;
 pub mod log;
 pub mod secrets;
+pub mod state;
 pub mod telemetry;
 pub mod workspace;
 
@@ -34,6 +35,7 @@ pub struct Grants {
     pub http: http::HttpGrant,
     pub engine: engine::EngineGrant,
     pub cluster: cluster::ClusterGrant,
+    pub state: state::StateGrant,
 }
 
 impl Grants {
@@ -55,6 +57,7 @@ impl Grants {
             http: http::HttpGrant::configure(file, &field, perms, errors),
             engine: engine::EngineGrant::configure(perms),
             cluster: cluster::ClusterGrant::configure(file, &field, perms, errors),
+            state: state::StateGrant::configure(file, &field, perms, errors),
         }
     }
 
@@ -79,6 +82,7 @@ impl Grants {
                 .collect::<Vec<_>>(),
         );
         list("cluster namespaces", &self.cluster.namespaces);
+        list("state", &self.state.prefixes);
         if self.engine.granted {
             lines.push("engine: granted".into());
         }
