@@ -159,7 +159,10 @@ stages:
     let old = out.outputs("old");
     assert_eq!(old["contract"], "0.1.0");
     assert_eq!(old["exec"], "from-0.1", "exec records crossed the 0.1 adapter");
-    assert_eq!(old["upstream"], "new.message=from-0.2");
+    assert!(
+        old["upstream"].as_str().unwrap().starts_with("new.message=from-0.2,"),
+        "the 0.1 stage saw its upstream's outputs: {old}"
+    );
     assert!(out.stderr.contains("legacy stage `old` on the 0.1 contract"), "{}", out.stderr);
     assert_eq!(out.outputs("after")["message"], "0.1.0");
 
