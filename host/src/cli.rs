@@ -505,7 +505,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let out = serde_json::json!({
                     "name": info.name, "version": info.version, "description": info.description,
-                    "world": loaded.world.as_str(), "digest": loaded.digest, "source": loaded.label,
+                    "world": loaded.world.as_str(), "contract": loaded.contract.name(),
+                    "digest": loaded.digest, "source": loaded.label,
                     "config_schema": schema, "capabilities": caps, "imports": imports, "exports": exports,
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
@@ -517,7 +518,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     loaded.world.as_str(),
                     info.description
                 );
-                println!("source: {}\ndigest: {}", loaded.label, loaded.digest);
+                println!(
+                    "source: {}\ndigest: {}\ncontract: {}",
+                    loaded.label,
+                    loaded.digest,
+                    loaded.contract.name()
+                );
                 println!("capabilities it needs:");
                 if info.capabilities.is_empty() {
                     println!("  none");

@@ -167,6 +167,7 @@ stages:
     assert_eq!(out.outputs("after")["message"], "0.1.0");
 
     let inspect = ws.gantry(&["plugins", "inspect", gantry_e2e::plugin("legacy").to_str().unwrap()]);
+    assert!(inspect.stdout.contains("contract: gantry:pipeline@0.1.0"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains("gantry:pipeline/log@0.1.0"), "{}", inspect.stdout);
 
     // Denials still name the grant for a 0.1 plugin.

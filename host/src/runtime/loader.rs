@@ -34,6 +34,17 @@ pub enum Contract {
     V0_2,
 }
 
+impl Contract {
+    /// The package and version, e.g. `gantry:pipeline@0.1.0`.
+    pub fn name(self) -> String {
+        let version = match self {
+            Contract::V0_1 => WIT_OLDER[0],
+            Contract::V0_2 => WIT_VERSION,
+        };
+        format!("{WIT_PACKAGE}@{version}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
