@@ -155,6 +155,29 @@ fn me() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Refuse an open directory that another user owns or that has any of the
+/// `forbidden` mode bits: someone else could then change what gantry trusts.
+fn check_owned(fd: &OwnedFd, path: &Path, forbidden: u32, fix: &str) -> anyhow::Result<()> {
+    let st = rustix::fs::fstat(fd).with_context(|| format!("checking {}", path.display()))?;
+    if st.st_uid != me() {
+        bail!(
+            "{} is owned by uid {}, not by this user ({}); refusing to use it (set {ENV} to \
+             a directory of your own)",
+            path.display(),
+            st.st_uid,
+            me()
+        );
+    }
+    if st.st_mode & forbidden != 0 {
+        bail!(
+            "{} can be used by other users (mode {:o}): {fix}",
+            path.display(),
+            st.st_mode & 0o777
+        );
+    }
+    Ok(())
+}
+
 impl PrivateDir {
     /// Open the state root (created by the caller). The user chose its path,
     /// so links on the way to it are theirs; the root itself must be theirs and
@@ -166,21 +189,7 @@ impl PrivateDir {
             Mode::empty(),
         )
         .with_context(|| format!("opening the state directory {}", path.display()))?;
-        let st = rustix::fs::fstat(&fd)?;
-        if st.st_uid != me() {
-            bail!(
-                "the state directory {} is owned by uid {}, not by this user ({}): set {ENV}",
-                path.display(),
-                st.st_uid,
-                me()
-            );
-        }
-        if st.st_mode & 0o022 != 0 {
-            bail!(
-                "the state directory {} is writable by group or others: `chmod go-w` it",
-                path.display()
-            );
-        }
+        check_owned(&fd, path, 0o022, "`chmod go-w` it")?;
         Ok(Self {
             fd,
             path: path.to_path_buf(),
@@ -228,22 +237,7 @@ impl PrivateDir {
                     .with_context(|| format!("opening {}", path.display()));
             }
         };
-        let st = rustix::fs::fstat(&fd)?;
-        if st.st_uid != me() {
-            bail!(
-                "{} is owned by uid {}, not by this user ({}); refusing to use it",
-                path.display(),
-                st.st_uid,
-                me()
-            );
-        }
-        if st.st_mode & 0o077 != 0 {
-            bail!(
-                "{} can be used by other users (mode {:o}): `chmod 700` it",
-                path.display(),
-                st.st_mode & 0o777
-            );
-        }
+        check_owned(&fd, &path, 0o077, "`chmod 700` it")?;
         Ok(Some(PrivateDir { fd, path }))
     }
 

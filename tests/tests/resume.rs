@@ -47,6 +47,23 @@ fn runs_of(ws: &Workspace, stage: &str) -> usize {
         .count()
 }
 
+/// Start `gantry run`, and kill it (SIGKILL: no chance to clean up) once its
+/// journal shows stage `stage` started; returns the journal.
+fn kill_once_started(ws: &Workspace, stage: &str) -> std::path::PathBuf {
+    let mut child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = ws.wait_for_journal(&format!(
+        "\"event\":\"stage-started\",\"stage\":\"{stage}\""
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    journal
+}
+
 fn run_id(journal: &std::path::Path) -> String {
     journal
         .parent()
@@ -97,17 +114,7 @@ fn a_killed_run_resumes_without_rerunning_finished_stages() {
     for (i, victim) in ["first", "second", "third"].into_iter().enumerate() {
         let ws = Workspace::new();
         ws.manifest(CHAIN);
-        let mut child = ws
-            .command(&["run", "pipeline.yaml"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let journal = ws.wait_for_journal(&format!(
-            "\"event\":\"stage-started\",\"stage\":\"{victim}\""
-        ));
-        child.kill().unwrap(); // SIGKILL: no chance to clean up
-        child.wait().unwrap();
+        let journal = kill_once_started(&ws, victim);
         let before = records(&journal);
         assert_eq!(
             count(&before, "stage-finished", victim),
@@ -305,15 +312,7 @@ stages:
     permissions: {{ workspace: write }}
 "#
     ));
-    let mut child = ws
-        .command(&["run", "pipeline.yaml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let journal = ws.wait_for_journal("\"event\":\"stage-started\",\"stage\":\"slow\"");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let journal = kill_once_started(&ws, "slow");
     let id = run_id(&journal);
     let planted = ws.path().join(format!(".gantry/runs/{id}/journal.jsonl"));
     assert!(
