@@ -19,6 +19,7 @@ pub mod expr;
 mod fuzz;
 pub mod journal;
 pub mod manifest;
+pub mod nofollow;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;

@@ -14,13 +14,11 @@
 //! Every directory below the root is created 0700 and checked, once opened, to
 //! be a directory owned by the current user that nobody else can use. Files
 //! are opened relative to an open directory, one component at a time, with
-//! `O_NOFOLLOW`: a link in there is refused, never followed.
+//! `O_NOFOLLOW` ([`crate::nofollow`]): a link in there is refused, never
+//! followed.
 
+use crate::nofollow::{Modes, NoFollowDir};
 use anyhow::{Context, bail};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// The variable that overrides where the state lives.
@@ -133,23 +131,24 @@ impl WorkspaceState {
 }
 
 /// An open directory that only the current user can use; everything in it is
-/// reached relative to it, without following links.
+/// reached relative to it, without following links ([`NoFollowDir`]'s
+/// operations, creating 0600 files), and its subdirectories are checked the
+/// same way when opened.
 #[derive(Debug)]
-pub struct PrivateDir {
-    fd: OwnedFd,
-    path: PathBuf,
+pub struct PrivateDir(NoFollowDir);
+
+impl std::ops::Deref for PrivateDir {
+    type Target = NoFollowDir;
+    fn deref(&self) -> &NoFollowDir {
+        &self.0
+    }
 }
 
-/// Refuse names that would leave the directory or name it.
-fn check_name(name: &str) -> std::io::Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("`{name}` is not a plain file name"),
-        ));
-    }
-    Ok(())
-}
+/// Modes of what the host creates in the state directory: nobody else's.
+const PRIVATE: Modes = Modes {
+    dir: 0o700,
+    file: 0o600,
+};
 
 fn me() -> u32 {
     rustix::process::geteuid().as_raw()
@@ -157,8 +156,11 @@ fn me() -> u32 {
 
 /// Refuse an open directory that another user owns or that has any of the
 /// `forbidden` mode bits: someone else could then change what gantry trusts.
-fn check_owned(fd: &OwnedFd, path: &Path, forbidden: u32, fix: &str) -> anyhow::Result<()> {
-    let st = rustix::fs::fstat(fd).with_context(|| format!("checking {}", path.display()))?;
+fn check_owned(dir: &NoFollowDir, forbidden: u32, fix: &str) -> anyhow::Result<()> {
+    let path = dir.path();
+    let st = dir
+        .stat()
+        .with_context(|| format!("checking {}", path.display()))?;
     if st.st_uid != me() {
         bail!(
             "{} is owned by uid {}, not by this user ({}); refusing to use it (set {ENV} to \
@@ -183,21 +185,10 @@ impl PrivateDir {
     /// so links on the way to it are theirs; the root itself must be theirs and
     /// writable by nobody else.
     fn open_root(path: &Path) -> anyhow::Result<Self> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("opening the state directory {}", path.display()))?;
-        check_owned(&fd, path, 0o022, "`chmod go-w` it")?;
-        Ok(Self {
-            fd,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        let dir = NoFollowDir::open(path, PRIVATE)
+            .with_context(|| format!("opening the state directory {}", path.display()))?;
+        check_owned(&dir, 0o022, "`chmod go-w` it")?;
+        Ok(Self(dir))
     }
 
     /// A private directory made by a test.
@@ -210,171 +201,18 @@ impl PrivateDir {
     /// `None` when missing and not `create`. It must be a directory (not a
     /// link) owned by the current user with no access for anyone else.
     pub fn subdir(&self, name: &str, create: bool) -> anyhow::Result<Option<PrivateDir>> {
-        check_name(name)?;
-        let path = self.path.join(name);
-        if create {
-            match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => {
-                    return Err(std::io::Error::from(e))
-                        .with_context(|| format!("creating {}", path.display()));
-                }
-            }
-        }
-        let fd = match rustix::fs::openat(
-            &self.fd,
-            name,
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) if !create => return Ok(None),
-            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
-                bail!("{} is not a directory (a link?); refusing to use it", path.display())
-            }
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("opening {}", path.display()));
-            }
+        let Some(dir) = self.0.subdir(name, create)? else {
+            return Ok(None);
         };
-        check_owned(&fd, &path, 0o077, "`chmod 700` it")?;
-        Ok(Some(PrivateDir { fd, path }))
+        check_owned(&dir, 0o077, "`chmod 700` it")?;
+        Ok(Some(PrivateDir(dir)))
     }
 
     /// Create the subdirectory `name`, which must not exist yet.
     pub fn create_subdir(&self, name: &str) -> anyhow::Result<PrivateDir> {
-        check_name(name)?;
-        rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(0o700))
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("creating {}", self.path.join(name).display()))?;
-        self.subdir(name, false)?
-            .with_context(|| format!("{} vanished", self.path.join(name).display()))
-    }
-
-    /// Open a regular file in this directory without following a link.
-    fn open_file(&self, name: &str, flags: OFlags) -> std::io::Result<File> {
-        check_name(name)?;
-        let fd = rustix::fs::openat(
-            &self.fd,
-            name,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
-        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-            return Err(std::io::Error::other(format!(
-                "{} is not a regular file",
-                self.path.join(name).display()
-            )));
-        }
-        Ok(File::from(fd))
-    }
-
-    /// Create `name` for appending; it must not exist.
-    pub fn create_new(&self, name: &str) -> anyhow::Result<File> {
-        self.open_file(
-            name,
-            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::APPEND,
-        )
-        .with_context(|| format!("creating {}", self.path.join(name).display()))
-    }
-
-    /// Open `name` for appending, creating it when missing.
-    pub fn append(&self, name: &str) -> anyhow::Result<File> {
-        self.open_file(name, OFlags::CREATE | OFlags::WRONLY | OFlags::APPEND)
-            .with_context(|| format!("opening {}", self.path.join(name).display()))
-    }
-
-    /// Open an existing `name` for appending.
-    pub fn append_existing(&self, name: &str) -> anyhow::Result<File> {
-        self.open_file(name, OFlags::WRONLY | OFlags::APPEND)
-            .with_context(|| format!("opening {}", self.path.join(name).display()))
-    }
-
-    /// The contents of `name`; `None` when it does not exist.
-    pub fn read(&self, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        use std::io::Read;
-        match self.open_file(name, OFlags::RDONLY) {
-            Ok(mut f) => {
-                let mut bytes = vec![];
-                f.read_to_end(&mut bytes)
-                    .with_context(|| format!("reading {}", self.path.join(name).display()))?;
-                Ok(Some(bytes))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => {
-                Err(e).with_context(|| format!("reading {}", self.path.join(name).display()))
-            }
-        }
-    }
-
-    /// Replace `name` with `bytes` atomically and durably: a reader sees the
-    /// old or the new contents, and after a crash one of them is on disk.
-    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        check_name(name)?;
-        // `~` is in no key or fixed name, so a temp file never shadows one.
-        let tmp = format!("{name}~{}", std::process::id());
-        let path = self.path.join(name);
-        let result = (|| -> std::io::Result<()> {
-            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
-            let mut f = self.open_file(
-                &tmp,
-                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::TRUNC,
-            )?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
-            rustix::fs::fsync(&self.fd)?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
-        }
-        result.with_context(|| format!("writing {}", path.display()))
-    }
-
-    /// Remove the file `name`; false when there was none.
-    pub fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        check_name(name)?;
-        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
-            Ok(()) => {
-                rustix::fs::fsync(&self.fd)?;
-                Ok(true)
-            }
-            Err(rustix::io::Errno::NOENT) => Ok(false),
-            Err(e) => Err(std::io::Error::from(e))
-                .with_context(|| format!("removing {}", self.path.join(name).display())),
-        }
-    }
-
-    /// The names in this directory (not `.` and `..`), sorted.
-    pub fn entries(&self) -> anyhow::Result<Vec<String>> {
-        let dir = rustix::fs::Dir::read_from(&self.fd)
-            .with_context(|| format!("listing {}", self.path.display()))?;
-        let mut names = vec![];
-        for entry in dir {
-            let entry = entry.with_context(|| format!("listing {}", self.path.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
-    /// Make the entries created in this directory survive a crash.
-    pub fn sync(&self) -> anyhow::Result<()> {
-        rustix::fs::fsync(&self.fd).with_context(|| format!("syncing {}", self.path.display()))
-    }
-
-    /// Hold an exclusive lock (flock on the file `name`) until the returned
-    /// file is dropped; serialises writers across processes.
-    pub fn lock(&self, name: &str) -> anyhow::Result<File> {
-        let f = self.open_file(name, OFlags::CREATE | OFlags::RDWR)
-            .with_context(|| format!("opening {}", self.path.join(name).display()))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-            .with_context(|| format!("locking {}", self.path.join(name).display()))?;
-        Ok(f)
+        let dir = self.0.create_subdir(name)?;
+        check_owned(&dir, 0o077, "`chmod 700` it")?;
+        Ok(PrivateDir(dir))
     }
 }
 
