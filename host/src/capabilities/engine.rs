@@ -782,10 +782,13 @@ fn docker_save_to_layout(
         dir: 0o755,
         file: 0o644,
     };
-    let name = rel
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| anyhow::anyhow!("`{}` names no directory", rel.display()))?;
+    // `.` is the workspace itself, which is never replaced by a layout.
+    let name = rel.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} (the workspace) is not an OCI image layout; refusing to overwrite it",
+            workspace.display()
+        )
+    })?;
     let parent = NoFollowDir::open_beneath(
         workspace,
         rel.parent().unwrap_or(Path::new("")),
