@@ -9,6 +9,9 @@
 //! - [`capabilities`]: one module per host capability (log, secrets, exec, http, ...),
 //!   each with its grant (from the manifest) and its per-instance state.
 //! - [`plugins`]: built-in plugins embedded in the binary and local `.wasm` files.
+//! - [`journal`] and [`state_dir`]: run records and plugin state, kept outside
+//!   every workspace; [`nofollow`]: how the host writes files without following
+//!   links.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`cli`]: the `gantry` command line.
 
