@@ -34,11 +34,13 @@ pub fn check_key(key: &str) -> Option<String> {
             "state key `{key}` may hold only a-z A-Z 0-9 . _ - /"
         ));
     }
-    if key
-        .split('/')
+    // Only the last segment may be empty (`docker-deploy/`, a prefix).
+    let segments: Vec<&str> = key.split('/').collect();
+    let last = segments.len() - 1;
+    if segments
+        .iter()
         .enumerate()
-        .any(|(i, s)| matches!(s, "." | "..") || (s.is_empty() && (i == 0 || !key.ends_with('/'))))
-        || key.contains("//")
+        .any(|(i, s)| matches!(*s, "." | "..") || (s.is_empty() && i != last))
     {
         return Some(format!(
             "state key `{key}` must not start with `/` or have empty, `.` or `..` segments"
