@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn keys_are_readable_and_distinct() {
-        let a = workspace_key(Path::new("/work/app"));
+        let a = workspace_key(Path::new("/srv/app"));
         let b = workspace_key(Path::new("/other/app"));
         assert!(a.starts_with("app-") && b.starts_with("app-"));
         assert_ne!(a, b);
