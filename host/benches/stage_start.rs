@@ -87,7 +87,8 @@ async fn warm_start(wasm: &Path, pooling: bool) -> Stats {
             pipeline: "bench".into(),
             environment: "bench".into(),
         },
-        run_dir: None,
+        logs: None,
+        state: None,
         cluster: std::sync::Arc::new(gantry::capabilities::cluster::kube::Connection::new(
             None, "bench",
         )),

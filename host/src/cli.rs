@@ -13,15 +13,17 @@ macro_rules! out {
     }};
 }
 
-use crate::journal::{Journal, Record};
+use crate::capabilities::state::StateStore;
+use crate::journal::{Journal, PluginRecord, Record};
 use crate::manifest::ManifestFile;
 use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::report::{Console, Reporter, Silent};
 use crate::runtime::{InstanceContext, Runtime, RuntimeOptions};
+use crate::state_dir::{PrivateDir, WorkspaceState};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -66,8 +68,10 @@ enum Command {
     /// Run a pipeline manifest.
     #[command(
         after_help = "Examples:\n  gantry run examples/hello/pipeline.yaml\n  gantry run pipeline.yaml --env production --output json\n\n\
-        Stages run as soon as the stages they need have succeeded. The run is journaled in \
-        <workspace>/.gantry/runs/<run-id>/ (journal, per-stage logs, summary); if gantry dies, \
+        Stages run as soon as the stages they need have succeeded. The run is journaled outside \
+        the workspace, in the workspace's state directory ($GANTRY_STATE_DIR, else \
+        $XDG_STATE_HOME/gantry, else ~/.local/state/gantry: workspaces/<name>-<hash>/runs/<run-id>/, \
+        with the journal, per-stage logs and the summary); if gantry dies, \
         `gantry resume <run-id>` continues it. Ctrl-C stops running stages and records it.\n\n\
         Exit status: 0 when every stage succeeded (or was skipped by its condition), 1 when a \
         stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C, \
@@ -112,8 +116,10 @@ enum Command {
     /// Continue a run whose host died, without re-running finished stages.
     #[command(
         after_help = "Example:\n  gantry resume 1a2b3c4d5e6-0f1e -C examples/hello\n\n\
-        Reads <workspace>/.gantry/runs/<run-id>/journal.jsonl. Stages whose completion was \
-        recorded keep their result and outputs; the others run. The manifest must be unchanged."
+        Reads the run's journal in the workspace's state directory (never anything in the \
+        workspace). Stages whose completion was recorded keep their result and outputs; the \
+        others run. The manifest and every plugin must be unchanged (same sha256 as when the \
+        run started); otherwise resume refuses and says what changed."
     )]
     Resume {
         run_id: String,
@@ -144,6 +150,10 @@ enum Command {
     /// Show or prune the compile cache (native code of every plugin run so far).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Show or delete the state the host keeps for a workspace's stages
+    /// (e.g. docker-deploy's live slot).
+    #[command(subcommand)]
+    State(StateCommand),
     /// Print the JSON Schema of the manifest format (for editors).
     #[command(
         after_help = "Example:\n  gantry schema > schema/gantry-manifest.schema.json\n\n\
@@ -170,7 +180,7 @@ struct OutputArg {
 
 #[derive(Args)]
 struct WorkspaceArg {
-    /// The workspace the runs are recorded in (where `.gantry/runs` is).
+    /// The workspace whose runs (kept in its state directory) to use.
     #[arg(
         short = 'C',
         long = "workspace",
@@ -205,6 +215,30 @@ enum CacheCommand {
         /// Remove every component.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// List the keys set, with their sizes.
+    #[command(after_help = "Example:\n  gantry state list -C examples/hello")]
+    List {
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+    },
+    /// Print the value of a key.
+    #[command(after_help = "Example:\n  gantry state get docker-deploy/hello -C examples/hello")]
+    Get {
+        key: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+    },
+    /// Delete a key (e.g. to forget a deployment gantry no longer manages).
+    #[command(after_help = "Example:\n  gantry state delete docker-deploy/hello -C examples/hello")]
+    Delete {
+        key: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
     },
 }
 
@@ -287,7 +321,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let run_id = crate::pipeline::new_run_id();
             let commit = crate::pipeline::detect_commit(&plan.workspace);
-            let mut journal = Journal::create(&plan.workspace, &run_id)?;
+            let ws_state = open_state(&plan.workspace)?;
+            let runs = ws_state
+                .runs(true)?
+                .ok_or_else(|| anyhow::anyhow!("cannot create the runs directory"))?;
+            let mut journal = Journal::create(&runs, &run_id)?;
             journal.append(&Record::RunStarted {
                 run_id: run_id.clone(),
                 pipeline: plan.pipeline.clone(),
@@ -295,6 +333,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 manifest: std::path::absolute(&file.path)?,
                 manifest_sha256: crate::journal::file_sha256(&file.path)?,
                 commit: commit.clone(),
+                plugins: plugin_records(&plan, &plugins),
                 ts_ms: crate::capabilities::telemetry::now_ms(),
             })?;
             let pipeline = Pipeline {
@@ -303,6 +342,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 reporter: console.clone(),
                 run_id,
                 commit,
+                state: Some(state_store(&ws_state)?),
             };
             finish_run(
                 pipeline.run(&plugins, journal, Resume::default()).await,
@@ -315,24 +355,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             workspace,
             output,
         } => {
-            let dir = crate::journal::run_dir(&workspace.dir, &run_id).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no run `{run_id}` in {}",
-                    workspace.dir.join(crate::journal::RUNS_DIR).display()
-                )
-            })?;
+            let (ws_state, dir) = find_run(&workspace.dir, &run_id)?;
             let records = Journal::read(&dir)?;
             let Some(Record::RunStarted {
                 manifest,
                 manifest_sha256,
                 environment,
                 commit,
+                plugins: recorded_plugins,
                 ..
             }) = records.first()
             else {
                 anyhow::bail!(
                     "{}: the journal does not start with run-started",
-                    dir.display()
+                    dir.path().display()
                 );
             };
             if records
@@ -341,22 +377,42 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("run `{run_id}` already finished; start a new one with `gantry run`");
             }
+            let fresh = format!(
+                "start a new run with `gantry run {}`",
+                manifest.display()
+            );
             if crate::journal::file_sha256(manifest).ok().as_ref() != Some(manifest_sha256) {
                 anyhow::bail!(
                     "{} changed (or is gone) since run `{run_id}` started; resuming would mix two \
-                     pipelines: start a new run with `gantry run`",
+                     pipelines: {fresh}",
                     manifest.display()
                 );
             }
             let Some((file, plan)) = load_manifest(manifest, Some(environment)) else {
                 return Ok(ExitCode::from(2));
             };
+            if plan.workspace.canonicalize().ok().as_ref() != Some(&ws_state.workspace) {
+                anyhow::bail!(
+                    "run `{run_id}` belongs to workspace {}, but {} now names {}: {fresh}",
+                    ws_state.workspace.display(),
+                    manifest.display(),
+                    plan.workspace.display()
+                );
+            }
             let runtime = new_runtime(options, &console)?;
             let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
             else {
                 return Ok(ExitCode::from(2));
             };
-            let mut journal = Journal::open(&dir)?;
+            let changed = changed_plugins(recorded_plugins, &plugin_records(&plan, &plugins));
+            if !changed.is_empty() {
+                anyhow::bail!(
+                    "{} since run `{run_id}` started; resuming would run code the run did not \
+                     start with: {fresh}",
+                    changed.join("; ")
+                );
+            }
+            let mut journal = Journal::open(dir)?;
             journal.append(&Record::RunResumed {
                 ts_ms: crate::capabilities::telemetry::now_ms(),
             })?;
@@ -367,6 +423,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 reporter: console.clone(),
                 run_id,
                 commit: commit.clone(),
+                state: Some(state_store(&ws_state)?),
             };
             finish_run(
                 pipeline.run(&plugins, journal, resume).await,
@@ -426,29 +483,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { workspace } => {
-            let runs = crate::journal::list_runs(&workspace.dir);
+            let runs = match runs_dir(&workspace.dir)? {
+                Some((_, runs)) => crate::journal::list_runs(&runs)?,
+                None => vec![],
+            };
             if runs.is_empty() {
-                out!(
-                    "no runs in {}",
-                    workspace.dir.join(crate::journal::RUNS_DIR).display()
-                );
+                out!("no runs for workspace {}", workspace.dir.display());
             }
             for (id, records) in runs {
                 out!("{}", crate::show::run_line(&id, &records));
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::State(command) => state_command(command),
         Command::Logs {
             run_id,
             stage,
             workspace,
         } => {
-            let dir = crate::journal::run_dir(&workspace.dir, &run_id).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no run `{run_id}` in {}",
-                    workspace.dir.join(crate::journal::RUNS_DIR).display()
-                )
-            })?;
+            let (_, dir) = find_run(&workspace.dir, &run_id)?;
             out!(@raw "{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
@@ -540,7 +593,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let out = serde_json::json!({
                     "name": info.name, "version": info.version, "description": info.description,
-                    "world": loaded.world.as_str(), "digest": loaded.digest, "source": loaded.label,
+                    "world": loaded.world.as_str(), "contract": loaded.contract.name(),
+                    "digest": loaded.digest, "source": loaded.label,
                     "config_schema": schema, "capabilities": caps, "imports": imports, "exports": exports,
                 });
                 out!("{}", serde_json::to_string_pretty(&out)?);
@@ -552,7 +606,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     loaded.world.as_str(),
                     info.description
                 );
-                out!("source: {}\ndigest: {}", loaded.label, loaded.digest);
+                out!(
+                    "source: {}\ndigest: {}\ncontract: {}",
+                    loaded.label,
+                    loaded.digest,
+                    loaded.contract.name()
+                );
                 out!("capabilities it needs:");
                 if info.capabilities.is_empty() {
                     out!("  none");
@@ -570,6 +629,128 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Open (creating) the state directory of `workspace`.
+fn open_state(workspace: &Path) -> anyhow::Result<WorkspaceState> {
+    WorkspaceState::open(workspace, true)?
+        .ok_or_else(|| anyhow::anyhow!("cannot create the state of {}", workspace.display()))
+}
+
+/// The plugin state of a workspace (`state/` in its state directory).
+fn state_store(ws: &WorkspaceState) -> anyhow::Result<Arc<StateStore>> {
+    let dir = ws
+        .dir
+        .subdir("state", true)?
+        .ok_or_else(|| anyhow::anyhow!("cannot create {}/state", ws.dir.path().display()))?;
+    Ok(Arc::new(StateStore::new(dir)))
+}
+
+/// The runs directory of `workspace`, if it has one.
+fn runs_dir(workspace: &Path) -> anyhow::Result<Option<(WorkspaceState, PrivateDir)>> {
+    let Some(ws) = WorkspaceState::open(workspace, false)? else {
+        return Ok(None);
+    };
+    Ok(ws.runs(false)?.map(|runs| (ws, runs)))
+}
+
+/// The directory of run `run_id` of `workspace`.
+fn find_run(workspace: &Path, run_id: &str) -> anyhow::Result<(WorkspaceState, PrivateDir)> {
+    if let Some((ws, runs)) = runs_dir(workspace)?
+        && let Some(dir) = crate::journal::run_dir(&runs, run_id)?
+    {
+        return Ok((ws, dir));
+    }
+    anyhow::bail!(
+        "no run `{run_id}` for workspace {} (`gantry runs -C {}` lists them)",
+        workspace.display(),
+        workspace.display()
+    )
+}
+
+/// The plugin of every stage and sink of the plan, by digest.
+fn plugin_records(plan: &Plan, plugins: &Plugins) -> Vec<PluginRecord> {
+    plan.stages
+        .iter()
+        .chain(&plan.sinks)
+        .map(|u| PluginRecord {
+            unit: u.name.clone(),
+            uses: u.uses.clone(),
+            digest: plugins[&u.field].digest.clone(),
+        })
+        .collect()
+}
+
+/// What differs between the plugins a run started with and those it would
+/// resume with, in words; empty when nothing does.
+fn changed_plugins(recorded: &[PluginRecord], now: &[PluginRecord]) -> Vec<String> {
+    if recorded.is_empty() {
+        return vec!["the journal records no plugin digests (it was written by an older gantry)".into()];
+    }
+    let mut changed = vec![];
+    for n in now {
+        match recorded.iter().find(|r| r.unit == n.unit) {
+            Some(r) if r.digest == n.digest => {}
+            Some(r) => changed.push(format!(
+                "the plugin of `{}` ({}) changed: {} when the run started, {} now",
+                n.unit, n.uses, r.digest, n.digest
+            )),
+            None => changed.push(format!("`{}` was not part of the run", n.unit)),
+        }
+    }
+    changed
+}
+
+fn state_command(command: StateCommand) -> anyhow::Result<ExitCode> {
+    let (workspace, key) = match &command {
+        StateCommand::List { workspace } => (workspace.dir.clone(), None),
+        StateCommand::Get { key, workspace } | StateCommand::Delete { key, workspace } => {
+            (workspace.dir.clone(), Some(key.clone()))
+        }
+    };
+    let workspace = workspace.as_path();
+    if let Some(why) = key.as_deref().and_then(crate::capabilities::state::check_key) {
+        anyhow::bail!("{why}");
+    }
+    let store = match WorkspaceState::open(workspace, false)? {
+        Some(ws) => ws.dir.subdir("state", false)?.map(StateStore::new),
+        None => None,
+    };
+    match (command, store) {
+        (StateCommand::List { .. }, None) => {
+            out!("no state for workspace {}", workspace.display())
+        }
+        (StateCommand::List { .. }, Some(store)) => {
+            let keys = store.keys()?;
+            if keys.is_empty() {
+                out!("no state for workspace {}", workspace.display());
+            }
+            for key in keys {
+                let size = store.get(&key)?.map_or(0, |v| v.len());
+                out!("{key}\t{size} bytes");
+            }
+        }
+        (StateCommand::Get { key, .. }, store) => {
+            match store.map(|s| s.get(&key)).transpose()?.flatten() {
+                Some(value) => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&value)?;
+                    if !value.ends_with(b"\n") {
+                        out!();
+                    }
+                }
+                None => anyhow::bail!("no state key `{key}` for workspace {}", workspace.display()),
+            }
+        }
+        (StateCommand::Delete { key, .. }, store) => {
+            if store.map(|s| s.delete(&key)).transpose()? == Some(true) {
+                out!("deleted `{key}`");
+            } else {
+                anyhow::bail!("no state key `{key}` for workspace {}", workspace.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The WIT name of a capability kind.
@@ -776,7 +957,8 @@ fn bare_context() -> InstanceContext {
         redactor: Default::default(),
         secrets: Default::default(),
         collector: Default::default(),
-        run_dir: None,
+        logs: None,
+        state: None,
         cluster: std::sync::Arc::new(crate::capabilities::cluster::kube::Connection::new(
             None, "",
         )),

@@ -11,6 +11,9 @@
 //! - [`sandbox`]: kernel confinement (Landlock, PID namespaces, cgroups) of the
 //!   programs a stage starts through `exec`.
 //! - [`plugins`]: built-in plugins embedded in the binary and local `.wasm` files.
+//! - [`journal`] and [`state_dir`]: run records and plugin state, kept outside
+//!   every workspace; [`nofollow`]: how the host writes files without following
+//!   links.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`cli`]: the `gantry` command line.
 
@@ -21,6 +24,7 @@ pub mod expr;
 mod fuzz;
 pub mod journal;
 pub mod manifest;
+pub mod nofollow;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;
@@ -30,6 +34,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod schema;
 pub mod show;
+pub mod state_dir;
 pub mod units;
 pub mod vso;
 pub mod yaml_path;
@@ -38,4 +43,7 @@ pub mod yaml_path;
 /// semver-compatible version.
 pub const WIT_PACKAGE: &str = "gantry:pipeline";
 /// The version of [`WIT_PACKAGE`] this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+/// Older versions whose plugins this host still runs (wit/v0.1/), each
+/// through its own bindings adapted onto the same implementation.
+pub const WIT_OLDER: &[&str] = &["0.1.0"];

@@ -260,6 +260,11 @@ pub struct Permissions {
     /// A Kubernetes cluster, limited to these namespaces.
     #[serde(default)]
     pub cluster: Option<ClusterPermission>,
+    /// Host-kept state the stage may read and write through the `state`
+    /// interface, by key prefix: `docker-deploy/` grants every key under it.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub state: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, schemars::JsonSchema)]

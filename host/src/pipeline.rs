@@ -305,6 +305,8 @@ pub struct Pipeline<'a> {
     pub reporter: Arc<dyn Reporter>,
     pub run_id: String,
     pub commit: Option<String>,
+    /// The workspace's host-kept state (the `state` capability).
+    pub state: Option<Arc<crate::capabilities::state::StateStore>>,
 }
 
 /// Why the executor stopped early.
@@ -371,13 +373,16 @@ impl Pipeline<'_> {
             secrets,
             collector: Collector::default(),
             base: base.clone(),
-            run_dir: Some(journal.dir().to_path_buf()),
+            logs: Some(Arc::new(journal.dir().subdir("logs", true)?.ok_or_else(
+                || anyhow::anyhow!("{}: no logs directory", journal.dir().path().display()),
+            )?)),
+            state: self.state.clone(),
             cluster: Arc::new(Connection::new(
                 self.plan.cluster.clone(),
                 &self.plan.environment,
             )),
         };
-        let dir = journal.dir().to_path_buf();
+        let dir = journal.dir().path().to_path_buf();
         let journal = Mutex::new(journal);
         let resumed = resume.started_ms.is_some();
         self.reporter.note(&format!(
@@ -470,10 +475,11 @@ impl Pipeline<'_> {
         finished.success = Some(result.succeeded());
         ctx.collector.push(finished);
         self.publish(plugins, &ctx).await;
-        std::fs::write(
-            dir.join("summary.json"),
-            serde_json::to_vec_pretty(&result)?,
-        )?;
+        journal
+            .lock()
+            .unwrap()
+            .dir()
+            .write_atomic("summary.json", &serde_json::to_vec_pretty(&result)?)?;
         Ok(result)
     }
 
@@ -537,6 +543,7 @@ impl Pipeline<'_> {
                     journal.lock().unwrap().append(&Record::StageStarted {
                         stage: unit.name.clone(),
                         attempt: 1,
+                        plugin_digest: Some(plugins[&unit.field].digest.clone()),
                         ts_ms: now_ms(),
                     })?;
                     let context = self.context(unit, ctx, &done);

@@ -8,7 +8,6 @@ use crate::plan::Plan;
 use crate::redact::MASK;
 use crate::runtime::Plugin;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// The plan as shown by `gantry plan`: config with variables and the run's
@@ -181,29 +180,28 @@ pub fn run_line(id: &str, records: &[Record]) -> String {
 }
 
 /// The logs of one stage, or of all stages in the order they finished.
-pub fn logs(dir: &Path, stage: Option<&str>) -> anyhow::Result<String> {
-    let logs = dir.join("logs");
+pub fn logs(dir: &crate::state_dir::PrivateDir, stage: Option<&str>) -> anyhow::Result<String> {
+    let logs = dir
+        .subdir("logs", false)?
+        .ok_or_else(|| anyhow::anyhow!("{}: the run has no logs", dir.path().display()))?;
     let names: Vec<String> = match stage {
         Some(s) => vec![s.to_string()],
-        None => {
-            let mut v: Vec<String> = std::fs::read_dir(&logs)?
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .strip_suffix(".log")
-                        .map(str::to_string)
-                })
-                .collect();
-            v.sort();
-            v
-        }
+        None => logs
+            .entries()?
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log").map(str::to_string))
+            .collect(),
     };
     let mut out = String::new();
     for name in names {
-        let path = logs.join(format!("{name}.log"));
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("no log for stage `{name}` ({}): {e}", path.display()))?;
+        let file = format!("{name}.log");
+        let bytes = logs.read(&file)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no log for stage `{name}` in {}",
+                logs.path().display()
+            )
+        })?;
+        let text = String::from_utf8_lossy(&bytes);
         if stage.is_none() {
             out.push_str(&format!("== {name}\n"));
         }

@@ -1,4 +1,4 @@
-//! Bindings for the `gantry:pipeline@0.1.0` WIT package, for plugins written in Rust.
+//! Bindings for the `gantry:pipeline@0.2.0` WIT package, for plugins written in Rust.
 //!
 //! A stage plugin is one `impl Guest` plus one macro call:
 //!
@@ -36,9 +36,9 @@ pub mod sink {
         export_macro_name: "export_sink",
         default_bindings_module: "gantry_sdk::sink",
         with: {
-            "gantry:pipeline/types@0.1.0": crate::stage::gantry::pipeline::types,
-            "gantry:pipeline/log@0.1.0": crate::stage::gantry::pipeline::log,
-            "gantry:pipeline/secrets@0.1.0": crate::stage::gantry::pipeline::secrets,
+            "gantry:pipeline/types@0.2.0": crate::stage::gantry::pipeline::types,
+            "gantry:pipeline/log@0.2.0": crate::stage::gantry::pipeline::log,
+            "gantry:pipeline/secrets@0.2.0": crate::stage::gantry::pipeline::secrets,
         },
     });
 }
@@ -51,7 +51,44 @@ pub use stage::gantry::pipeline::types::{
     Artifact, Capability, CapabilityKind, Event, EventKind, HostError, Level, Outcome,
     StageContext, StageError, StageInfo, StageOutputs,
 };
-pub use stage::gantry::pipeline::{cluster, engine, exec, log, secrets, telemetry};
+pub use stage::gantry::pipeline::{cluster, engine, exec, log, secrets, state, telemetry};
+
+/// Host-kept state as JSON values: the `state` interface (granted by key
+/// prefix with `permissions.state`) with serde on both ends.
+pub mod json_state {
+    use super::{StageError, state};
+
+    /// The value of `key`, parsed; none when it is not set.
+    pub fn get<T: serde::de::DeserializeOwned>(key: &str) -> Result<Option<T>, StageError> {
+        match state::get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StageError::Failed(format!(
+                    "state `{key}` is not what this plugin wrote ({e}); `gantry state delete {key}` forgets it"
+                ))
+            }),
+        }
+    }
+
+    /// Set `key` to `value` as JSON.
+    pub fn set<T: serde::Serialize>(key: &str, value: &T) -> Result<(), StageError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StageError::Failed(format!("state `{key}`: {e}")))?;
+        Ok(state::set(key, &bytes)?)
+    }
+
+    /// Set `key` to `value` only if it still holds `expected` exactly (the
+    /// bytes read before); true when it was set.
+    pub fn compare_and_set<T: serde::Serialize>(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &T,
+    ) -> Result<bool, StageError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StageError::Failed(format!("state `{key}`: {e}")))?;
+        Ok(state::compare_and_set(key, expected, &bytes)?)
+    }
+}
 
 /// A host error becomes the matching stage error, so `?` works inside `run`.
 impl From<HostError> for StageError {

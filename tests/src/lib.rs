@@ -135,9 +135,12 @@ pub fn require_docker() {
     );
 }
 
-/// A scratch workspace with a manifest in it.
+/// A scratch workspace with a manifest in it, and its own state directory
+/// (`GANTRY_STATE_DIR`, beside it, never inside), so that tests never share
+/// run records or plugin state and can run in parallel.
 pub struct Workspace {
     dir: tempfile::TempDir,
+    state: tempfile::TempDir,
     cache: Option<PathBuf>,
     env: Vec<(String, String)>,
 }
@@ -152,6 +155,7 @@ impl Workspace {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
             cache: Some(shared_cache().to_path_buf()),
             env: vec![],
         }
@@ -173,6 +177,22 @@ impl Workspace {
         self.dir.path()
     }
 
+    /// The state root gantry uses for this workspace (`GANTRY_STATE_DIR`).
+    pub fn state_root(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// The directory where gantry keeps this workspace's runs, once a run
+    /// created it: `<state root>/workspaces/<name>-<hash>/runs`.
+    pub fn runs_dir(&self) -> Option<PathBuf> {
+        let all = std::fs::read_dir(self.state_root().join("workspaces")).ok()?;
+        let dirs: Vec<PathBuf> = all.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        match dirs.as_slice() {
+            [one] => Some(one.join("runs")).filter(|r| r.is_dir()),
+            _ => None,
+        }
+    }
+
     pub fn write(&self, rel: &str, content: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -180,11 +200,12 @@ impl Workspace {
         path
     }
 
-    /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}`, `{describe-loop}` are
-    /// replaced by the paths of those test plugins.
+    /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}`,
+    /// `{describe-loop}`, `{legacy}` are replaced by the paths of those test
+    /// plugins.
     pub fn manifest(&self, yaml: &str) -> PathBuf {
         let mut text = yaml.to_string();
-        for name in ["hostile", "noop", "echo", "future-wit", "describe-loop"] {
+        for name in ["hostile", "noop", "echo", "future-wit", "describe-loop", "legacy"] {
             text = text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string());
         }
         self.write("pipeline.yaml", text)
@@ -197,6 +218,8 @@ impl Workspace {
             .current_dir(self.path())
             .env_remove("GANTRY_CACHE_DIR")
             .env_remove("TF_BUILD")
+            .env_remove("XDG_STATE_HOME")
+            .env("GANTRY_STATE_DIR", self.state_root())
             .env("NO_COLOR", "1");
         match &self.cache {
             Some(dir) => cmd.env("GANTRY_CACHE_DIR", dir),
@@ -220,7 +243,7 @@ impl Workspace {
 
     /// The journal of the only run in this workspace, once it exists.
     pub fn only_journal(&self) -> Option<PathBuf> {
-        let runs = std::fs::read_dir(self.path().join(".gantry/runs")).ok()?;
+        let runs = std::fs::read_dir(self.runs_dir()?).ok()?;
         let dirs: Vec<PathBuf> = runs.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         match dirs.as_slice() {
             [one] => Some(one.join("journal.jsonl")),

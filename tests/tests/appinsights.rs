@@ -81,7 +81,8 @@ fn assert_each_accepted_once(ing: &Ingestion) {
     }
 }
 
-/// Every file under the workspace's run directories, as text.
+/// Every file under the workspace's `.gantry` and its state directory (run
+/// journals, logs, summaries), as text.
 fn run_files(ws: &Workspace) -> String {
     fn walk(dir: &std::path::Path, out: &mut String) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -95,6 +96,7 @@ fn run_files(ws: &Workspace) -> String {
     }
     let mut out = String::new();
     walk(&ws.path().join(".gantry"), &mut out);
+    walk(ws.state_root(), &mut out);
     out
 }
 

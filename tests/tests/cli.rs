@@ -149,10 +149,11 @@ fn plugins_inspect_shows_describe_wit_and_capabilities() {
         .map(|i| i.as_str().unwrap())
         .collect();
     assert!(
-        imports.contains(&"gantry:pipeline/exec@0.1.0"),
+        imports.contains(&"gantry:pipeline/exec@0.2.0"),
         "{imports:?}"
     );
-    assert_eq!(v["exports"][0], "gantry:pipeline/plugin@0.1.0");
+    assert_eq!(v["exports"][0], "gantry:pipeline/plugin@0.2.0");
+    assert_eq!(v["contract"], "gantry:pipeline@0.2.0");
     assert_eq!(v["config_schema"]["required"][0], "steps");
 
     let text = ws.gantry(&[

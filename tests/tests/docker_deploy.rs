@@ -139,7 +139,7 @@ stages:
     uses: docker-deploy
     needs: [publish]
     with: {{ name: {app}, host-port: {port}{deploy} }}
-    permissions: {{ engine: true, workspace: write, registries: ["{reg}"] }}
+    permissions: {{ engine: true, state: [docker-deploy/], registries: ["{reg}"] }}
 telemetry:
   - uses: file
     with: {{ path: events.jsonl }}
@@ -156,11 +156,11 @@ fn run_json(ws: &Workspace) -> Output {
     ws.gantry(&["run", "pipeline.yaml", "--output", "json"])
 }
 
+/// The live slot, as the host keeps it (`gantry state get`).
 fn live_slot(ws: &Workspace, app: &str) -> String {
-    let state: Value = serde_json::from_slice(
-        &std::fs::read(ws.path().join(format!(".gantry/deploy/{app}.json"))).unwrap(),
-    )
-    .unwrap();
+    let out = ws.gantry(&["state", "get", &format!("docker-deploy/{app}")]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let state: Value = serde_json::from_str(&out.stdout).unwrap();
     state["live"].as_str().unwrap().to_string()
 }
 
@@ -418,7 +418,7 @@ fn pulling_names_the_reference_and_the_engine_s_message() {
 }
 
 #[test]
-fn the_deploy_stage_needs_the_engine_and_a_writable_workspace() {
+fn the_deploy_stage_needs_the_engine_and_its_state() {
     let ws = Workspace::new();
     let stage = |perms: &str| {
         ws.manifest(&format!(
@@ -426,7 +426,7 @@ fn the_deploy_stage_needs_the_engine_and_a_writable_workspace() {
         ));
         ws.run()
     };
-    let out = stage("workspace: write");
+    let out = stage("state: [docker-deploy/]");
     assert_eq!(out.code, Some(1), "{}", out.all());
     let line = out.stage_line("deploy");
     assert!(
@@ -434,19 +434,21 @@ fn the_deploy_stage_needs_the_engine_and_a_writable_workspace() {
             && line.contains("grant it with `stages[0].permissions.engine: true`"),
         "{line}"
     );
-    let out = stage("engine: true");
+    // A writable workspace is no longer what it needs: the live slot is the
+    // host's to keep.
+    let out = stage("engine: true, workspace: write");
     assert_eq!(out.code, Some(1), "{}", out.all());
     let line = out.stage_line("deploy");
     assert!(
         line.contains("denied: ")
-            && line.contains(".gantry/deploy/app.json")
-            && line.contains("permissions.workspace: write"),
+            && line.contains("state key `docker-deploy/app`")
+            && line.contains("grant it with `stages[0].permissions.state: [docker-deploy/]`"),
         "{line}"
     );
 
     // Without `image` and without a needed stage that published one.
     ws.manifest(
-        "pipeline: p\nstages:\n  - name: deploy\n    uses: docker-deploy\n    with: { name: app }\n    permissions: { engine: true, workspace: write }\n",
+        "pipeline: p\nstages:\n  - name: deploy\n    uses: docker-deploy\n    with: { name: app }\n    permissions: { engine: true, state: [docker-deploy/] }\n",
     );
     let out = ws.run();
     assert_eq!(out.code, Some(1), "{}", out.all());
@@ -482,7 +484,7 @@ fn gated_pipeline(
     uses: health-gate
     needs: [deploy]
     with: {{ probe: {{ path: {path}, successes: 2, interval-ms: 200, window: 3 }} }}
-    permissions: {{ http: ["http://127.0.0.1:{port}", "http://127.0.0.1:{}"], engine: true, workspace: write }}
+    permissions: {{ http: ["http://127.0.0.1:{port}", "http://127.0.0.1:{}"], engine: true, state: [docker-deploy/] }}
 telemetry:
 "#,
         port + 1
@@ -574,8 +576,8 @@ fn the_app_insights_connection_string_reaches_the_container_and_nothing_else() {
             1,
         )
         .replace(
-            "permissions: { engine: true, workspace: write",
-            "permissions: { engine: true, workspace: write, secrets: [ai]",
+            "permissions: { engine: true, state: [docker-deploy/]",
+            "permissions: { engine: true, state: [docker-deploy/], secrets: [ai]",
         );
     ws.manifest(&yaml);
     let out = run_json(&ws);

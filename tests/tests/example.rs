@@ -1,6 +1,6 @@
 //! The README's first command: the example pipeline runs for real on the
 //! built-in plugins (the app's unit tests, a static build, a daemonless image),
-//! journaled, with its telemetry in the run directory.
+//! journaled outside the workspace, with its telemetry in the workspace.
 
 use gantry_e2e::{Workspace, repo};
 use serde_json::Value;
@@ -75,7 +75,16 @@ fn the_hello_example_pipeline_succeeds() {
         summary["stages"][1]["artifacts"],
         result["stages"][1]["artifacts"]
     );
-    let telemetry = std::fs::read_to_string(run_dir.join("telemetry.jsonl")).unwrap();
+    assert!(
+        !run_dir.starts_with(&example),
+        "the run directory {} is outside the workspace",
+        run_dir.display()
+    );
+    let telemetry = std::fs::read_to_string(example.join(format!(
+        ".gantry/telemetry/{}.jsonl",
+        result["run_id"].as_str().unwrap()
+    )))
+    .unwrap();
     let last: Value = serde_json::from_str(telemetry.lines().last().unwrap()).unwrap();
     assert_eq!(last["kind"], "run-finished");
     assert_eq!(last["success"], true);
@@ -109,7 +118,7 @@ fn the_environments_overlay_the_stages() {
     );
     assert_eq!(
         ci["telemetry"][0]["config"]["path"],
-        ".gantry/runs/${{ run.id }}/telemetry.jsonl"
+        ".gantry/telemetry/${{ run.id }}.jsonl"
     );
     // The docker environment swaps the image backend and grants the engine.
     let docker = plan("docker");

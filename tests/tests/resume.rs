@@ -47,6 +47,23 @@ fn runs_of(ws: &Workspace, stage: &str) -> usize {
         .count()
 }
 
+/// Start `gantry run`, and kill it (SIGKILL: no chance to clean up) once its
+/// journal shows stage `stage` started; returns the journal.
+fn kill_once_started(ws: &Workspace, stage: &str) -> std::path::PathBuf {
+    let mut child = ws
+        .command(&["run", "pipeline.yaml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = ws.wait_for_journal(&format!(
+        "\"event\":\"stage-started\",\"stage\":\"{stage}\""
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    journal
+}
+
 fn run_id(journal: &std::path::Path) -> String {
     journal
         .parent()
@@ -101,17 +118,7 @@ fn a_killed_run_resumes_without_rerunning_finished_stages() {
     for (i, victim) in ["first", "second", "third"].into_iter().enumerate() {
         let ws = Workspace::new();
         ws.manifest(CHAIN);
-        let mut child = ws
-            .command(&["run", "pipeline.yaml"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let journal = ws.wait_for_journal(&format!(
-            "\"event\":\"stage-started\",\"stage\":\"{victim}\""
-        ));
-        child.kill().unwrap(); // SIGKILL: no chance to clean up
-        child.wait().unwrap();
+        let journal = kill_once_started(&ws, victim);
         let before = records(&journal);
         assert_eq!(
             count(&before, "stage-finished", victim),
@@ -200,7 +207,7 @@ fn resume_refuses_a_changed_manifest_and_a_finished_run() {
 
     assert_eq!(ws.run().code, Some(0));
     // Simulate a crash by dropping the end of a journal, then edit the manifest.
-    let journal = std::fs::read_dir(ws.path().join(".gantry/runs"))
+    let journal = std::fs::read_dir(ws.runs_dir().unwrap())
         .unwrap()
         .map(|e| e.unwrap().path().join("journal.jsonl"))
         .find(|j| !j.to_string_lossy().contains(&id))
@@ -219,4 +226,108 @@ fn resume_refuses_a_changed_manifest_and_a_finished_run() {
         "{}",
         out.stderr
     );
+}
+
+/// Simulate a crash after the fact: drop the `run-finished` record of the
+/// only run's journal (in the state directory), so that it can be resumed.
+fn unfinish(ws: &Workspace) -> String {
+    let journal = ws.only_journal().expect("one run");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("run-finished")).collect();
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    run_id(&journal)
+}
+
+#[test]
+fn resume_refuses_when_a_plugin_changed_and_says_how_to_start_fresh() {
+    let ws = Workspace::new();
+    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("echo")).unwrap());
+    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: plug.wasm\n    with: { message: hi }\n");
+    assert_eq!(ws.run().code, Some(0));
+    let recs = records(&ws.only_journal().unwrap());
+    let digest = recs[0]["plugins"][0]["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"), "{recs:?}");
+    assert_eq!(recs[1]["plugin_digest"], digest.as_str(), "each stage records its plugin");
+    let id = unfinish(&ws);
+    // Same manifest, other code behind the same path (a stage with
+    // `workspace: write` could do this).
+    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("noop")).unwrap());
+    let out = ws.gantry(&["resume", &id]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("the plugin of `a` (plug.wasm) changed: ")
+            && out.stderr.contains(&format!("{digest} when the run started")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("start a new run with `gantry run "), "{}", out.stderr);
+    // Put it back and the same run resumes.
+    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("echo")).unwrap());
+    let out = ws.gantry(&["resume", &id]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+#[test]
+fn a_stage_that_rewrites_the_manifest_cannot_widen_its_grants_on_resume() {
+    let ws = Workspace::new();
+    // The stage rewrites the manifest it runs from, granting itself more.
+    ws.manifest(
+        "pipeline: p\nstages:\n  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: write-text, target: pipeline.yaml, args: [\"pipeline: p\\nstages:\\n  - name: evil\\n    uses: command\\n    permissions: { exec: [sh] }\\n\"] }\n    permissions: { workspace: write }\n",
+    );
+    assert_eq!(ws.run().code, Some(0));
+    let id = unfinish(&ws);
+    let out = ws.gantry(&["resume", &id]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(out.stderr.contains("changed (or is gone) since run"), "{}", out.stderr);
+}
+
+/// A stage that forges a journal where runs used to be kept (with a planted
+/// manifest granting more, and a fake `finished` record for a later stage)
+/// changes nothing: resume reads only the host's journal, runs the later stage
+/// for real, and never runs the planted manifest.
+#[test]
+fn a_journal_forged_in_the_workspace_is_ignored_by_resume() {
+    use sha2::Digest;
+    let ws = Workspace::new();
+    let evil = ws.write(
+        "evil.yaml",
+        "pipeline: forge\nstages:\n  - name: last\n    uses: command\n    with: { steps: [{ run: [sh, -c, \"echo evil >> ran.txt\"] }] }\n    permissions: { exec: [sh] }\n",
+    );
+    let evil_sha = hex::encode(sha2::Sha256::digest(std::fs::read(&evil).unwrap()));
+    let forged = format!(
+        "{{\\\"event\\\":\\\"run-started\\\",\\\"run_id\\\":\\\"x\\\",\\\"pipeline\\\":\\\"forge\\\",\\\"environment\\\":\\\"default\\\",\\\"manifest\\\":\\\"{}\\\",\\\"manifest_sha256\\\":\\\"{evil_sha}\\\",\\\"commit\\\":null,\\\"ts_ms\\\":1}}\\n{{\\\"event\\\":\\\"stage-finished\\\",\\\"stage\\\":\\\"last\\\",\\\"status\\\":\\\"succeeded\\\",\\\"detail\\\":\\\"forged\\\",\\\"duration_ms\\\":1,\\\"outputs\\\":[[\\\"message\\\",\\\"FORGED\\\"]],\\\"artifacts\\\":[],\\\"denials\\\":[],\\\"ts_ms\\\":2}}\\n",
+        evil.display()
+    );
+    ws.manifest(&format!(
+        r#"pipeline: forge
+stages:
+  - name: forger
+    uses: "{{hostile}}"
+    with: {{ attack: write-text, target: ".gantry/runs/${{{{ run.id }}}}/journal.jsonl", args: ["{forged}"] }}
+    permissions: {{ workspace: write }}
+  - name: slow
+    uses: "{{echo}}"
+    needs: [forger]
+    with: {{ message: slow, append: ran.txt, sleep_ms: 1500 }}
+    permissions: {{ workspace: write }}
+  - name: last
+    uses: "{{echo}}"
+    needs: [slow]
+    with: {{ message: genuine, append: ran.txt }}
+    permissions: {{ workspace: write }}
+"#
+    ));
+    let journal = kill_once_started(&ws, "slow");
+    let id = run_id(&journal);
+    let planted = ws.path().join(format!(".gantry/runs/{id}/journal.jsonl"));
+    assert!(
+        std::fs::read_to_string(&planted).unwrap().contains("FORGED"),
+        "the forger planted its journal"
+    );
+    let out = ws.gantry(&["resume", &id, "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(out.outputs("last")["message"], "genuine", "{}", out.stdout);
+    assert_eq!(runs_of(&ws, "last"), 1, "the later stage really ran");
+    assert_eq!(runs_of(&ws, "evil"), 0, "the planted manifest never ran");
+    assert!(!std::fs::read_to_string(&journal).unwrap().contains("FORGED"));
 }

@@ -1029,3 +1029,78 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
     );
     assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
 }
+
+/// Links a stage plants where the host once kept its run records, or where
+/// docker-deploy kept its live slot, lead outside the workspace: the host writes
+/// none of its files through them (they live in the state directory now, and
+/// are opened without following links).
+#[test]
+fn links_planted_where_host_records_were_lead_nowhere() {
+    let outside = tempfile::tempdir().unwrap();
+    let name = outside.path().file_name().unwrap().to_str().unwrap().to_string();
+    let ws = Workspace::new();
+    // `.gantry/runs/<id>/x` is four levels below the workspace's parent.
+    let run = ".gantry/runs/${{ run.id }}";
+    let links = [
+        format!("{run}/summary.json=../../../../{name}/summary"),
+        format!("{run}/journal.jsonl=../../../../{name}/journal"),
+        format!("{run}/logs/benign.log=../../../../../{name}/log"),
+        format!(".gantry/deploy/app.json=../../../{name}/deploy"),
+        format!(".gantry/state=../../{name}/state"),
+    ];
+    let args: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
+    let out = contain(
+        &ws,
+        &format!(
+            "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: symlinks, args: [{}] }}\n    permissions: {{ workspace: write }}\n",
+            args.join(", ")
+        ),
+    );
+    assert!(out.stage_line("evil").contains("planted 5 link(s)"), "{}", out.all());
+    assert!(
+        std::fs::symlink_metadata(ws.path().join(".gantry/deploy/app.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the links were planted"
+    );
+    let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+    assert!(written.is_empty(), "gantry wrote outside the workspace: {written:?}");
+    // The run's records are where the host keeps them, as regular files.
+    let runs = ws.runs_dir().unwrap();
+    let run_dir = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    for file in ["summary.json", "journal.jsonl", "logs/benign.log"] {
+        let meta = std::fs::symlink_metadata(run_dir.join(file)).unwrap();
+        assert!(meta.file_type().is_file(), "{file}");
+    }
+    // And `gantry logs` reads the real log, not the planted link.
+    let id = run_dir.file_name().unwrap().to_str().unwrap();
+    let logs = ws.gantry(&["logs", id, "benign"]);
+    assert_eq!(logs.code, Some(0), "{}", logs.all());
+}
+
+/// A run directory forged in the workspace (where runs used to live) is not a
+/// run: `runs`, `logs` and `resume` never look there.
+#[test]
+fn a_run_forged_in_the_workspace_is_not_a_run() {
+    let ws = Workspace::new();
+    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: \"{noop}\"\n");
+    assert_eq!(ws.run().code, Some(0));
+    ws.write(
+        ".gantry/runs/1-forged/journal.jsonl",
+        format!(
+            "{{\"event\":\"run-started\",\"run_id\":\"1-forged\",\"pipeline\":\"p\",\"environment\":\"default\",\"manifest\":\"{}\",\"manifest_sha256\":\"00\",\"commit\":null,\"ts_ms\":1}}\n",
+            ws.path().join("pipeline.yaml").display()
+        ),
+    );
+    ws.write(".gantry/runs/1-forged/logs/a.log", "1 forged log\n");
+    let runs = ws.gantry(&["runs"]);
+    assert_eq!(runs.code, Some(0), "{}", runs.all());
+    assert_eq!(runs.stdout.lines().count(), 1, "only the real run: {}", runs.stdout);
+    assert!(!runs.stdout.contains("1-forged"), "{}", runs.stdout);
+    for args in [["resume", "1-forged"], ["logs", "1-forged"]] {
+        let out = ws.gantry(&args);
+        assert_eq!(out.code, Some(2), "{}", out.all());
+        assert!(out.stderr.contains("no run `1-forged`"), "{}", out.stderr);
+    }
+}

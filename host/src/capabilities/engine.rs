@@ -252,8 +252,14 @@ impl EngineState {
                 "workspace: write",
             )));
         }
-        let out = super::workspace::resolve_new_inside(&self.workspace, &dir)
-            .map_err(HostError::Invalid)?;
+        // Checked here for a clear answer; the writes below walk from the
+        // workspace without following links, so a link planted meanwhile is
+        // refused too.
+        super::workspace::resolve_new_inside(&self.workspace, &dir).map_err(HostError::Invalid)?;
+        let rel = super::workspace::check_relative(&dir)
+            .map_err(HostError::Invalid)?
+            .to_path_buf();
+        let workspace = self.workspace.clone();
         let docker = self.docker().await?;
         let mut saved = Vec::new();
         let mut stream = docker.export_image(&image);
@@ -262,10 +268,10 @@ impl EngineState {
                 &chunk.map_err(|e| failed(format!("saving image `{image}`: {e}")))?,
             );
         }
-        tokio::task::spawn_blocking(move || docker_save_to_layout(&saved, &out, &ref_name))
+        tokio::task::spawn_blocking(move || docker_save_to_layout(&saved, &workspace, &rel, &ref_name))
             .await
             .map_err(failed)?
-            .map_err(|e| failed(format!("writing layout `{dir}`: {e}")))
+            .map_err(|e| failed(format!("writing layout `{dir}`: {e:#}")))
     }
 }
 
@@ -801,11 +807,20 @@ fn context_tarball(context: &Path) -> std::io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
-/// Convert the engine's `docker save` tarball into an OCI image layout at `out`;
-/// returns the manifest digest. Handles the classic format (manifest.json,
-/// `<id>/layer.tar`, `<config>.json`); an engine that already saves OCI layouts
-/// (Docker 25+) has its index and blobs copied as they are.
-fn docker_save_to_layout(saved: &[u8], out: &Path, ref_name: &str) -> std::io::Result<String> {
+/// Convert the engine's `docker save` tarball into an OCI image layout at `rel`
+/// in `workspace`; returns the manifest digest. Handles the classic format
+/// (manifest.json, `<id>/layer.tar`, `<config>.json`); an engine that already
+/// saves OCI layouts (Docker 25+) has its index and blobs copied as they are.
+/// Every directory and file is reached from the workspace without following
+/// links: a stage can plant links in the workspace, the host never writes
+/// through them.
+fn docker_save_to_layout(
+    saved: &[u8],
+    workspace: &Path,
+    rel: &Path,
+    ref_name: &str,
+) -> anyhow::Result<String> {
+    use crate::nofollow::{Modes, NoFollowDir};
     let mut files: HashMap<String, Vec<u8>> = HashMap::new();
     let mut archive = tar::Archive::new(saved);
     for entry in archive.entries()? {
@@ -821,30 +836,48 @@ fn docker_save_to_layout(saved: &[u8], out: &Path, ref_name: &str) -> std::io::R
             files.insert(name, bytes);
         }
     }
-    if out.exists() {
+    let modes = Modes {
+        dir: 0o755,
+        file: 0o644,
+    };
+    // `.` is the workspace itself, which is never replaced by a layout.
+    let name = rel.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} (the workspace) is not an OCI image layout; refusing to overwrite it",
+            workspace.display()
+        )
+    })?;
+    let parent = NoFollowDir::open_beneath(
+        workspace,
+        rel.parent().unwrap_or(Path::new("")),
+        true,
+        modes,
+    )?;
+    if let Some(existing) = parent.subdir(name, false)? {
         // Replace a previous layout, never anything else (the workspace itself,
         // sources): the stage named this directory, the host deletes it.
-        let empty = std::fs::read_dir(out)?.next().is_none();
-        if !empty && !out.join("oci-layout").is_file() {
-            return Err(std::io::Error::other(format!(
+        if !existing.entries()?.is_empty() && existing.read("oci-layout")?.is_none() {
+            anyhow::bail!(
                 "{} exists and is not an OCI image layout; refusing to overwrite it",
-                out.display()
-            )));
+                existing.path().display()
+            );
         }
-        std::fs::remove_dir_all(out)?;
+        parent.remove_all(name)?;
     }
-    std::fs::create_dir_all(out.join("blobs/sha256"))?;
-    let put = |bytes: &[u8]| -> std::io::Result<String> {
+    let out = parent.create_subdir(name)?;
+    let blobs = out.create_subdir("blobs")?.create_subdir("sha256")?;
+    let put = |bytes: &[u8]| -> anyhow::Result<String> {
         let hex = hex::encode(Sha256::digest(bytes));
-        std::fs::write(out.join("blobs/sha256").join(&hex), bytes)?;
+        // The same blob may come twice (two identical layers).
+        if blobs.read(&hex)?.is_none() {
+            blobs.write_new(&hex, bytes)?;
+        }
         Ok(format!("sha256:{hex}"))
     };
     let manifest: serde_json::Value = match files.get("manifest.json") {
         Some(m) => serde_json::from_slice(m)?,
         None => {
-            return Err(std::io::Error::other(
-                "the saved image has no manifest.json",
-            ));
+            anyhow::bail!("the saved image has no manifest.json");
         }
     };
     let entry = &manifest[0];
@@ -890,8 +923,8 @@ fn docker_save_to_layout(saved: &[u8], out: &Path, ref_name: &str) -> std::io::R
             "annotations": {"org.opencontainers.image.ref.name": ref_name},
         }],
     });
-    std::fs::write(out.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(out.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    out.write_new("index.json", &serde_json::to_vec(&index)?)?;
+    out.write_new("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(digest)
 }
 
@@ -958,6 +991,48 @@ mod tests {
             "not a url",
         ] {
             assert!(health_target(url).is_err(), "{url}");
+        }
+    }
+
+    /// A classic `docker save` tarball with one layer.
+    fn saved_image() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, bytes) in [
+            ("manifest.json", &br#"[{"Config":"c.json","Layers":["l/layer.tar"]}]"#[..]),
+            ("c.json", &b"{}"[..]),
+            ("l/layer.tar", &b"layer"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, bytes).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn image_layouts_are_never_written_through_a_planted_link() {
+        let ws = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("out")).unwrap();
+        std::fs::create_dir(ws.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("a/blobs-dir")).unwrap();
+        for rel in ["out", "out/layout", "a/blobs-dir/layout"] {
+            let err = docker_save_to_layout(&saved_image(), ws.path(), Path::new(rel), "app:1")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a directory"), "{rel}: {err}");
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // Where nothing was planted it writes the layout, and replaces it.
+        for _ in 0..2 {
+            let digest =
+                docker_save_to_layout(&saved_image(), ws.path(), Path::new("a/layout"), "app:1")
+                    .unwrap();
+            let hex = digest.strip_prefix("sha256:").unwrap();
+            assert!(ws.path().join("a/layout/blobs/sha256").join(hex).is_file());
+            assert!(ws.path().join("a/layout/oci-layout").is_file());
         }
     }
 

@@ -19,6 +19,7 @@ pub mod http;
 pub mod log;
 pub mod registries;
 pub mod secrets;
+pub mod state;
 pub mod telemetry;
 pub mod workspace;
 
@@ -36,6 +37,7 @@ pub struct Grants {
     pub engine: engine::EngineGrant,
     pub registries: registries::RegistriesGrant,
     pub cluster: cluster::ClusterGrant,
+    pub state: state::StateGrant,
 }
 
 impl Grants {
@@ -58,6 +60,7 @@ impl Grants {
             engine: engine::EngineGrant::configure(perms),
             registries: registries::RegistriesGrant::configure(file, &field, perms, errors),
             cluster: cluster::ClusterGrant::configure(file, &field, perms, errors),
+            state: state::StateGrant::configure(file, &field, perms, errors),
         }
     }
 
@@ -84,6 +87,7 @@ impl Grants {
         );
         list(&mut lines, "engine registries", &self.registries.registries);
         list(&mut lines, "cluster namespaces", &self.cluster.namespaces);
+        list(&mut lines, "state", &self.state.prefixes);
         if self.engine.granted {
             lines.push("engine: granted".into());
         }

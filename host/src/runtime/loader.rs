@@ -2,7 +2,7 @@
 //! (not a core module), does it export a gantry contract, and is that contract a
 //! version this host implements. Each refusal says which.
 
-use crate::{WIT_PACKAGE, WIT_VERSION};
+use crate::{WIT_OLDER, WIT_PACKAGE, WIT_VERSION};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -24,6 +24,27 @@ impl WorldKind {
     }
 }
 
+/// Which version of the contract a plugin was built against; the host links
+/// each with its own bindings onto the same implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `gantry:pipeline@0.1.x`: no `state` interface.
+    V0_1,
+    /// `gantry:pipeline@0.2.x`, the current one.
+    V0_2,
+}
+
+impl Contract {
+    /// The package and version, e.g. `gantry:pipeline@0.1.0`.
+    pub fn name(self) -> String {
+        let version = match self {
+            Contract::V0_1 => WIT_OLDER[0],
+            Contract::V0_2 => WIT_VERSION,
+        };
+        format!("{WIT_PACKAGE}@{version}")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
@@ -39,7 +60,7 @@ pub enum LoadError {
     Invalid { label: String, reason: String },
     #[error(
         "{label} was built against {found}, but this gantry implements {WIT_PACKAGE}@{WIT_VERSION} \
-         and runs plugins built against {WIT_PACKAGE}@{compatible}: rebuild the plugin against the \
+         and runs plugins built against {compatible}: rebuild the plugin against the \
          WIT in this gantry's wit/ directory"
     )]
     WrongVersion {
@@ -86,19 +107,28 @@ fn compatible_range(version: &str) -> String {
     }
 }
 
+/// The version ranges this host runs, newest first, e.g. `gantry:pipeline@0.2.x
+/// or gantry:pipeline@0.1.x`.
+fn supported_ranges() -> String {
+    std::iter::once(WIT_VERSION)
+        .chain(WIT_OLDER.iter().copied())
+        .map(|v| format!("{WIT_PACKAGE}@{}", compatible_range(v)))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 /// Find which gantry world the component implements, and check the version of
 /// the contract it was built against.
 pub fn contract(
     engine: &Engine,
     label: &str,
     component: &Component,
-) -> Result<WorldKind, LoadError> {
+) -> Result<(WorldKind, Contract), LoadError> {
     let ty = component.component_type();
     let exports: Vec<String> = ty
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let ours = compatible_range(WIT_VERSION);
     for name in &exports {
         let Some(rest) = name.strip_prefix(&format!("{WIT_PACKAGE}/")) else {
             continue;
@@ -109,7 +139,12 @@ pub fn contract(
             "sink" => WorldKind::Sink,
             _ => continue,
         };
-        if compatible_range(version) != ours {
+        let range = compatible_range(version);
+        let contract = if range == compatible_range(WIT_VERSION) {
+            Contract::V0_2
+        } else if WIT_OLDER.iter().any(|v| compatible_range(v) == range) {
+            Contract::V0_1
+        } else {
             return Err(LoadError::WrongVersion {
                 label: label.into(),
                 found: format!(
@@ -120,10 +155,10 @@ pub fn contract(
                         version
                     }
                 ),
-                compatible: ours,
+                compatible: supported_ranges(),
             });
-        }
-        return Ok(kind);
+        };
+        return Ok((kind, contract));
     }
     Err(LoadError::NotAPlugin {
         label: label.into(),
@@ -158,5 +193,9 @@ mod tests {
         assert_eq!(compatible_range("0.1.7"), "0.1.x");
         assert_eq!(compatible_range("0.2.0"), "0.2.x");
         assert_eq!(compatible_range("1.4.2"), "1.x");
+        assert_eq!(
+            supported_ranges(),
+            "gantry:pipeline@0.2.x or gantry:pipeline@0.1.x"
+        );
     }
 }

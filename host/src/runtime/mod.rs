@@ -4,6 +4,7 @@
 
 pub mod bindings;
 pub mod cache;
+mod compat;
 pub mod limits;
 pub mod loader;
 pub mod state;
@@ -15,10 +16,12 @@ use crate::redact::Redactor;
 use crate::report::Reporter;
 use bindings::sink::TelemetrySinkPre;
 use bindings::stage::StagePre;
+use bindings::v0_1::sink::TelemetrySinkPre as TelemetrySinkPreV0_1;
+use bindings::v0_1::stage::StagePre as StagePreV0_1;
 use bindings::types::{Event, Outcome, StageContext, StageError, StageInfo};
 use cache::{CacheOutcome, CompileCache};
 use limits::{EpochTicker, Limits, MemoryLimiter, TICK};
-use loader::{LoadError, WorldKind};
+use loader::{Contract, LoadError, WorldKind};
 use state::StageState;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +70,8 @@ pub struct Plugin {
     pub label: String,
     pub digest: String,
     pub world: WorldKind,
+    /// The contract version it was built against.
+    pub contract: Contract,
     pub cache: CacheOutcome,
     pub component: wasmtime::component::Component,
     pre: Pre,
@@ -75,6 +80,8 @@ pub struct Plugin {
 enum Pre {
     Stage(StagePre<StageState>),
     Sink(TelemetrySinkPre<StageState>),
+    StageV0_1(StagePreV0_1<StageState>),
+    SinkV0_1(TelemetrySinkPreV0_1<StageState>),
 }
 
 fn engine_config(pooling: bool) -> Config {
@@ -120,6 +127,9 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::capabilities::workspace::link_write_denials(&mut linker)?;
         bindings::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        // The 0.1 interfaces under their own names, beside the 0.2 ones; the
+        // sink worlds import a subset of the stage worlds.
+        bindings::v0_1::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let (cache, cache_warning) = CompileCache::open(&engine, options.cache_dir);
         let ticker = EpochTicker::start(&engine);
         Ok(Self {
@@ -183,20 +193,31 @@ impl Runtime {
                 started.elapsed().as_secs_f64()
             ));
         }
-        let world = loader::contract(&self.engine, &label, &component)?;
+        let (world, contract) = loader::contract(&self.engine, &label, &component)?;
         let link_err = |e: wasmtime::Error| LoadError::Link {
             label: label.clone(),
             reason: format!("{e:#}"),
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(link_err)?;
-        let pre = match world {
-            WorldKind::Stage => Pre::Stage(StagePre::new(instance_pre).map_err(link_err)?),
-            WorldKind::Sink => Pre::Sink(TelemetrySinkPre::new(instance_pre).map_err(link_err)?),
+        let pre = match (world, contract) {
+            (WorldKind::Stage, Contract::V0_2) => {
+                Pre::Stage(StagePre::new(instance_pre).map_err(link_err)?)
+            }
+            (WorldKind::Sink, Contract::V0_2) => {
+                Pre::Sink(TelemetrySinkPre::new(instance_pre).map_err(link_err)?)
+            }
+            (WorldKind::Stage, Contract::V0_1) => {
+                Pre::StageV0_1(StagePreV0_1::new(instance_pre).map_err(link_err)?)
+            }
+            (WorldKind::Sink, Contract::V0_1) => {
+                Pre::SinkV0_1(TelemetrySinkPreV0_1::new(instance_pre).map_err(link_err)?)
+            }
         };
         let plugin = Arc::new(Plugin {
             label,
             digest: source.digest.clone(),
             world,
+            contract,
             cache,
             component,
             pre,
@@ -258,6 +279,14 @@ impl Runtime {
                     let i = pre.instantiate_async(&mut store).await?;
                     i.gantry_pipeline_sink().call_describe(&mut store).await
                 }
+                Pre::StageV0_1(pre) => {
+                    let i = pre.instantiate_async(&mut store).await?;
+                    i.gantry_pipeline_plugin().call_describe(&mut store).await
+                }
+                Pre::SinkV0_1(pre) => {
+                    let i = pre.instantiate_async(&mut store).await?;
+                    i.gantry_pipeline_sink().call_describe(&mut store).await
+                }
             }
         };
         match tokio::time::timeout(limits.timeout, call).await {
@@ -305,20 +334,32 @@ impl Runtime {
         context: &StageContext,
         limits: &Limits,
     ) -> Result<Outcome, Failure> {
-        let Pre::Stage(pre) = &plugin.pre else {
+        if !matches!(plugin.pre, Pre::Stage(_) | Pre::StageV0_1(_)) {
             return Err(Failure::Setup(format!(
                 "{} is a telemetry sink, not a stage",
                 plugin.label
             )));
-        };
+        }
         let cpu = Arc::new(AtomicBool::new(false));
         let mut store = self.store(state, limits, cpu.clone());
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance
-                .gantry_pipeline_plugin()
-                .call_run(&mut store, context)
-                .await
+            match &plugin.pre {
+                Pre::StageV0_1(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance
+                        .gantry_pipeline_plugin()
+                        .call_run(&mut store, context)
+                        .await
+                }
+                Pre::Stage(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance
+                        .gantry_pipeline_plugin()
+                        .call_run(&mut store, context)
+                        .await
+                }
+                Pre::Sink(_) | Pre::SinkV0_1(_) => unreachable!("checked above"),
+            }
         };
         let result = tokio::time::timeout(limits.timeout, call).await;
         let state = store.data();
@@ -350,20 +391,33 @@ impl Runtime {
         events: &[Event],
         limits: &Limits,
     ) -> Result<(), Failure> {
-        let Pre::Sink(pre) = &plugin.pre else {
+        if !matches!(plugin.pre, Pre::Sink(_) | Pre::SinkV0_1(_)) {
             return Err(Failure::Setup(format!(
                 "{} is a stage, not a telemetry sink",
                 plugin.label
             )));
-        };
+        }
         let cpu = Arc::new(AtomicBool::new(false));
         let mut store = self.store(state, limits, cpu.clone());
         let call = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let sink = instance.gantry_pipeline_sink();
-            match sink.call_configure(&mut store, config).await? {
-                Ok(()) => sink.call_publish(&mut store, events).await,
-                Err(e) => Ok(Err(e)),
+            match &plugin.pre {
+                Pre::SinkV0_1(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let sink = instance.gantry_pipeline_sink();
+                    match sink.call_configure(&mut store, config).await? {
+                        Ok(()) => sink.call_publish(&mut store, events).await,
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+                Pre::Sink(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let sink = instance.gantry_pipeline_sink();
+                    match sink.call_configure(&mut store, config).await? {
+                        Ok(()) => sink.call_publish(&mut store, events).await,
+                        Err(e) => Ok(Err(e)),
+                    }
+                }
+                Pre::Stage(_) | Pre::StageV0_1(_) => unreachable!("checked above"),
             }
         };
         let result = tokio::time::timeout(limits.timeout, call).await;
@@ -400,8 +454,11 @@ pub struct InstanceContext {
     pub secrets: Arc<crate::capabilities::secrets::SecretStore>,
     pub collector: Collector,
     pub base: EventBase,
-    /// The run directory; stage logs go to `logs/<stage>.log` in it.
-    pub run_dir: Option<PathBuf>,
+    /// The run's `logs/` directory (in the state directory, outside the
+    /// workspace); each stage logs to `<stage>.log` in it.
+    pub logs: Option<Arc<crate::state_dir::PrivateDir>>,
+    /// The workspace's host-kept state, for the `state` capability.
+    pub state: Option<Arc<crate::capabilities::state::StateStore>>,
     /// The environment's Kubernetes cluster, connected on first use.
     pub cluster: Arc<crate::capabilities::cluster::kube::Connection>,
 }
@@ -525,13 +582,10 @@ impl StageState {
         };
         use crate::report::Level;
         let denials = subject.denials.clone();
-        let log_file = ctx.run_dir.as_ref().and_then(|dir| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("logs").join(format!("{}.log", subject.name)))
-                .ok()
-        });
+        let log_file = match &ctx.logs {
+            Some(dir) => Some(dir.append(&format!("{}.log", subject.name))?),
+            None => None,
+        };
         let log = Arc::new(log::StageLog::new(
             subject.clone(),
             ctx.reporter.clone(),
@@ -632,6 +686,11 @@ impl StageState {
             },
             workspace: workspace::WorkspaceAccess {
                 write: grants.workspace.write,
+                subject: subject.clone(),
+            },
+            state: crate::capabilities::state::StateState {
+                grant: grants.state.clone(),
+                store: ctx.state.clone(),
                 subject: subject.clone(),
             },
             cluster: cluster::ClusterState {

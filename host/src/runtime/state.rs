@@ -8,6 +8,7 @@ use crate::capabilities::exec::ExecState;
 use crate::capabilities::http::HttpPolicy;
 use crate::capabilities::log::StageLog;
 use crate::capabilities::secrets::SecretsState;
+use crate::capabilities::state::StateState;
 use crate::capabilities::telemetry::TelemetryState;
 use crate::runtime::limits::MemoryLimiter;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub struct StageState {
     pub(crate) engine: EngineState,
     pub(crate) cluster: ClusterState,
     pub(crate) workspace: crate::capabilities::workspace::WorkspaceAccess,
+    pub(crate) state: StateState,
     pub(crate) denials: Denials,
 }
 

@@ -5,8 +5,10 @@
 //! Blue/green slots, so that the old version keeps serving until the new one is
 //! healthy. An app `name` has two slots: `<name>-blue` on `host-port` and
 //! `<name>-green` on `host-port + 1`, both published on 127.0.0.1 only. The live
-//! slot is recorded in `.gantry/deploy/<name>.json` in the workspace (the stage
-//! needs `permissions.workspace: write`). A deploy:
+//! slot is kept by the host, under the state key `docker-deploy/<name>` (the
+//! stage needs `permissions.state: [docker-deploy/]`), outside the workspace,
+//! where no other stage can forge what a later deploy or rollback trusts. A
+//! deploy:
 //!
 //! 1. pulls the image (by default the digest-pinned `image` artifact of a
 //!    needed `registry` stage);
@@ -27,7 +29,6 @@ use gantry_sdk::engine::{self, ContainerRequest};
 use gantry_sdk::{Capability, CapabilityKind, Guest, Outcome, StageContext, StageError, StageInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -98,7 +99,7 @@ const SCHEMA: &str = r#"{
   }
 }"#;
 
-/// What `.gantry/deploy/<name>.json` records.
+/// What the state key `docker-deploy/<name>` records.
 #[derive(Serialize, Deserialize, Default)]
 struct State {
     /// `blue` or `green`.
@@ -149,58 +150,48 @@ fn failed(m: impl std::fmt::Display) -> StageError {
     StageError::Failed(m.to_string())
 }
 
-fn state_path(name: &str) -> PathBuf {
-    PathBuf::from(".gantry/deploy").join(format!("{name}.json"))
+/// The state key of app `name`; health-gate writes the same key.
+fn state_key(name: &str) -> String {
+    format!("docker-deploy/{name}")
 }
 
-/// The recorded state; none when nothing was deployed (or the file is empty).
-fn read_state(name: &str) -> Result<Option<State>, StageError> {
-    let path = state_path(name);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(failed(format!("reading {}: {e}", path.display()))),
-    };
-    if text.trim().is_empty() {
+/// The recorded state and its exact bytes (to compare-and-set against);
+/// none when nothing was deployed. A missing grant fails here, before
+/// anything changes.
+fn read_state(name: &str) -> Result<Option<(State, Vec<u8>)>, StageError> {
+    let key = state_key(name);
+    let Some(bytes) = gantry_sdk::state::get(&key).map_err(|e| {
+        gantry_sdk::prefix(
+            StageError::from(e),
+            "docker-deploy keeps the live slot in the host's state",
+        )
+    })?
+    else {
         return Ok(None);
-    }
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        failed(format!(
-            "{} is corrupt ({e}); delete it to start over",
-            path.display()
-        ))
-    })
-}
-
-fn cannot_record(name: &str, e: std::io::Error) -> String {
-    format!(
-        "docker-deploy records the live slot in {} and cannot write it ({e}); grant the stage `permissions.workspace: write`",
-        state_path(name).display()
-    )
-}
-
-/// Fail before anything changes when the state file cannot be written.
-fn check_writable(name: &str) -> Result<(), StageError> {
-    let path = state_path(name);
-    let dir = path.parent().unwrap_or(&path);
-    std::fs::create_dir_all(dir)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map(drop)
+    };
+    serde_json::from_slice(&bytes)
+        .map(|s| Some((s, bytes)))
+        .map_err(|e| {
+            failed(format!(
+                "state `{key}` is corrupt ({e}); `gantry state delete {key}` starts over"
+            ))
         })
-        .map_err(|e| StageError::Denied(cannot_record(name, e)))
 }
 
-fn write_state(name: &str, state: &State) -> Result<(), String> {
-    let path = state_path(name);
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| cannot_record(name, e))
+/// Record the new live slot, unless another deploy of the same app changed it
+/// since `expected` was read.
+fn write_state(name: &str, expected: Option<&[u8]>, state: &State) -> Result<(), String> {
+    let key = state_key(name);
+    match gantry_sdk::json_state::compare_and_set(&key, expected, state) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "another deploy of `{name}` changed the live slot (state `{key}`) meanwhile"
+        )),
+        Err(e) => Err(format!(
+            "recording the live slot in state `{key}` failed: {}",
+            gantry_sdk::message(&e)
+        )),
+    }
 }
 
 /// The image to deploy: `image`, else the reference of a needed stage's
@@ -227,11 +218,10 @@ impl Guest for DockerDeploy {
         StageInfo {
             name: "docker-deploy".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Deploys an image to the local Docker engine in blue/green slots (<name>-blue on host-port, <name>-green on host-port + 1, 127.0.0.1 only): the new version starts in the idle slot and replaces the live one only once its health path answers 2xx.".into(),
+            description: "Deploys an image to the local Docker engine in blue/green slots (<name>-blue on host-port, <name>-green on host-port + 1, 127.0.0.1 only): the new version starts in the idle slot and replaces the live one only once its health path answers 2xx. The live slot is kept by the host (`permissions.state: [docker-deploy/]`).".into(),
             config_schema: SCHEMA.into(),
             capabilities: vec![
                 Capability { kind: CapabilityKind::Engine, target: None, reason: "pull the image, start the new slot, remove the old one".into() },
-                Capability { kind: CapabilityKind::WorkspaceWrite, target: Some(".gantry/deploy".into()), reason: "record the live slot".into() },
                 Capability { kind: CapabilityKind::Secret, target: None, reason: "`app-insights-connection-string-secret`, when set".into() },
             ],
         }
@@ -257,9 +247,10 @@ impl Guest for DockerDeploy {
             env.retain(|(k, _)| k != "APPLICATIONINSIGHTS_CONNECTION_STRING");
             env.push(("APPLICATIONINSIGHTS_CONNECTION_STRING".into(), value));
         }
-        check_writable(&cfg.name)?;
-
-        let previous = read_state(&cfg.name)?;
+        let (previous, previous_bytes) = match read_state(&cfg.name)? {
+            Some((state, bytes)) => (Some(state), Some(bytes)),
+            None => (None, None),
+        };
         let live = previous.as_ref().and_then(|s| Slot::parse(&s.live));
         let slot = live.map_or(Slot::Blue, Slot::other);
         let port = slot.port(cfg.host_port);
@@ -315,6 +306,7 @@ impl Guest for DockerDeploy {
 
         write_state(
             &cfg.name,
+            previous_bytes.as_deref(),
             &State {
                 live: slot.as_str().into(),
                 container: id.clone(),

@@ -11,8 +11,10 @@
 //!   the previous revision, then its rollout is awaited;
 //! - `docker-deploy` with `keep-previous: true` (outputs `container` and
 //!   `previous-*`): the new container is removed and the previous slot, still
-//!   running, is recorded as live again. When the gate passes, the previous
-//!   slot is retired instead.
+//!   running, is recorded as live again in the host-kept state
+//!   `docker-deploy/<name>` (`permissions.state: [docker-deploy/]`), with a
+//!   compare-and-set so that a newer deploy's record is never undone. When the
+//!   gate passes, the previous slot is retired instead.
 
 mod query;
 
@@ -262,12 +264,25 @@ fn restore(outputs: &BTreeMap<String, String>) -> Result<String, String> {
         };
         // The previous slot is still running: record it as live, then remove
         // the new one (in that order, so that a failure in between leaves a
-        // state pointing at something that serves).
+        // state pointing at something that serves). Only while the state still
+        // names the container judged: a later deploy's record is not undone.
+        let key = format!("docker-deploy/{name}");
+        let current = gantry_sdk::state::get(&key).map_err(host)?;
+        let judged = current
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .is_some_and(|v| v["container"] == container.as_str());
+        if !judged {
+            return Err(format!(
+                "state `{key}` no longer names the container judged ({container}): another deploy happened since, so it was left alone"
+            ));
+        }
         let state = serde_json::json!({"live": slot, "container": prev, "image": image, "address": address});
-        let path = format!(".gantry/deploy/{name}.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(|e| {
-            format!("recording slot {slot} as live in {path} (is `permissions.workspace: write` granted?): {e}")
-        })?;
+        let recorded = gantry_sdk::json_state::compare_and_set(&key, current.as_deref(), &state)
+            .map_err(|e| format!("recording slot {slot} as live in state `{key}`: {}", gantry_sdk::message(&e)))?;
+        if !recorded {
+            return Err(format!("state `{key}` changed while the gate switched back; it was left alone"));
+        }
         gantry_sdk::engine::remove(&container).map_err(host)?;
         return Ok(format!(
             "switched back to the previous version {image} (slot {slot}) at {address}"

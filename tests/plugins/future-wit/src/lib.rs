@@ -1,4 +1,4 @@
-//! Built against `gantry:pipeline@0.2.0`, which this host does not support.
+//! Built against `gantry:pipeline@0.3.0`, which this host does not support.
 wit_bindgen::generate!({ world: "stage", path: "wit" });
 
 struct Future;

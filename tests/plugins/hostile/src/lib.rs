@@ -105,6 +105,26 @@ fn http_get(url: &str) -> Result<Outcome, StageError> {
     ))
 }
 
+/// Plant a link at `link` (relative to the workspace, parents created)
+/// pointing at `target`, which may be relative and lead outside the
+/// workspace: WASI lets a stage with `workspace: write` create one; it is the
+/// host that must never follow it.
+fn plant_link(target: &str, link: &str) -> Result<(), StageError> {
+    if let Some(parent) = std::path::Path::new(link).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StageError::Failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let dirs = wasip2::filesystem::preopens::get_directories();
+    let (dir, _) = dirs
+        .iter()
+        .find(|(_, name)| name == "." || name == "/workspace")
+        .ok_or_else(|| StageError::Failed("no workspace preopen".into()))?;
+    dir.symlink_at(target, link)
+        .map_err(|e| StageError::Failed(format!("cannot link {link} -> {target}: {e:?}")))
+}
+
 /// Increment the counter in file `path`; returns the new count.
 fn bump(path: &str) -> Result<u32, StageError> {
     let n = std::fs::read_to_string(path)
@@ -145,6 +165,60 @@ impl Guest for Hostile {
                 Ok(()) => ok(format!("removed {t}")),
                 Err(e) => Err(StageError::Failed(format!("cannot remove {t}: {e}"))),
             },
+            // Write `args[0]` into the file `target`, creating its directories:
+            // forged journals, records and manifests.
+            "write-text" => {
+                if let Some(parent) = std::path::Path::new(t).parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                match std::fs::write(t, cfg.args.first().map(String::as_str).unwrap_or("")) {
+                    Ok(()) => ok(format!("wrote {t}")),
+                    Err(e) => Err(StageError::Failed(format!("cannot write {t}: {e}"))),
+                }
+            }
+            // Plant links: `args` are `link=target` pairs.
+            "symlinks" => {
+                for pair in &cfg.args {
+                    let (link, target) = pair.split_once('=').ok_or_else(|| {
+                        StageError::InvalidConfig(format!("`{pair}` is not link=target"))
+                    })?;
+                    plant_link(target, link)?;
+                }
+                ok(format!("planted {} link(s)", cfg.args.len()))
+            }
+            "state-get" => match gantry_sdk::state::get(t)? {
+                Some(v) => ok(format!("state {t} = {}", String::from_utf8_lossy(&v))),
+                None => ok(format!("state {t} is not set")),
+            },
+            // Set `target` to `args[0]`, or to `args[1]` bytes of `x` when given.
+            "state-set" => {
+                let value = match cfg.args.get(1).and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) => "x".repeat(n),
+                    None => cfg.args.first().cloned().unwrap_or_default(),
+                };
+                gantry_sdk::state::set(t, value.as_bytes())?;
+                ok(format!("set state {t}"))
+            }
+            "state-delete" => {
+                gantry_sdk::state::delete(t)?;
+                ok(format!("deleted state {t}"))
+            }
+            // Compare-and-set `target` from `args[0]` (`-`: unset) to `args[1]`.
+            "state-cas" => {
+                let expected = cfg.args.first().filter(|e| *e != "-").map(|e| e.as_bytes().to_vec());
+                let value = cfg.args.get(1).cloned().unwrap_or_default();
+                let done = gantry_sdk::state::compare_and_set(t, expected.as_deref(), value.as_bytes())?;
+                ok(format!("compare-and-set {t}: {done}"))
+            }
+            "state-list" => ok(format!("keys: {}", gantry_sdk::state::list_keys(t)?.join(","))),
+            // Set `args[0]` keys `target/<i>`.
+            "state-fill" => {
+                let n: usize = cfg.args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
+                for i in 0..n {
+                    gantry_sdk::state::set(&format!("{t}/{i}"), b"v")?;
+                }
+                ok(format!("set {n} keys"))
+            }
             "http" => http_get(t),
             "socket" => match std::net::TcpStream::connect(t) {
                 Ok(_) => ok(format!("connected to {t}")),
