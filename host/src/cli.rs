@@ -2,6 +2,7 @@
 
 use crate::journal::{Journal, Record};
 use crate::manifest::ManifestFile;
+use crate::oci::fetch::LockMode;
 use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
@@ -61,6 +62,8 @@ enum Command {
         env: EnvArg,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        lock: LockArg,
     },
     /// Check a manifest and every plugin it uses, without running anything.
     #[command(
@@ -76,6 +79,8 @@ enum Command {
         manifest: PathBuf,
         #[command(flatten)]
         env: EnvArg,
+        #[command(flatten)]
+        lock: LockArg,
     },
     /// Show what a run would do: stages in order, provider and digest, config
     /// (secrets masked), grants and needs.
@@ -89,6 +94,18 @@ enum Command {
         env: EnvArg,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        lock: LockArg,
+    },
+    /// Pin every OCI plugin of a manifest (all environments) in gantry.lock.
+    #[command(after_help = "Example:\n  gantry lock pipeline.yaml\n\n\
+        Resolves each `oci://` reference (and each `plugins:` alias with `oci:`) to the digest \
+        of its manifest and of its component, pulls and checks the component (it is cached by \
+        digest), and writes gantry.lock next to the manifest: sorted, one [[plugin]] per \
+        reference, only references the manifest uses. Run it again to accept moved tags.")]
+    Lock {
+        /// The pipeline manifest (YAML).
+        manifest: PathBuf,
     },
     /// Continue a run whose host died, without re-running finished stages.
     #[command(
@@ -140,6 +157,74 @@ struct EnvArg {
 }
 
 #[derive(Args)]
+struct LockArg {
+    /// Refuse to run unless gantry.lock pins every OCI plugin and each tag
+    /// still resolves to its pinned digest (for CI).
+    #[arg(long)]
+    locked: bool,
+}
+
+impl LockArg {
+    fn mode(&self, otherwise: LockMode) -> LockMode {
+        if self.locked {
+            LockMode::Locked
+        } else {
+            otherwise
+        }
+    }
+}
+
+/// How `plugins push` and `plugins pull` reach a registry.
+#[derive(Args)]
+struct RegistryArgs {
+    /// The environment variable holding the registry user name (with --password-env).
+    #[arg(long, value_name = "VAR", requires = "password_env")]
+    username_env: Option<String>,
+    /// The environment variable holding the registry password or token.
+    #[arg(long, value_name = "VAR", requires = "username_env")]
+    password_env: Option<String>,
+    /// Plain HTTP instead of HTTPS; only for a registry on this machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl RegistryArgs {
+    /// A client for `reference`'s registry.
+    fn client(
+        &self,
+        reference: &crate::oci::Reference,
+    ) -> anyhow::Result<crate::oci::client::Client> {
+        if self.insecure && !reference.is_loopback() {
+            anyhow::bail!(
+                "--insecure (plain HTTP) is only allowed for a registry on this machine, not `{}`",
+                reference.registry
+            );
+        }
+        let credentials = match (&self.username_env, &self.password_env) {
+            (Some(u), Some(p)) => {
+                let var = |v: &str| {
+                    std::env::var(v)
+                        .map_err(|_| anyhow::anyhow!("environment variable `{v}` is not set"))
+                };
+                Some(crate::oci::client::Credentials {
+                    username: var(u)?,
+                    password: var(p)?,
+                    origin: format!("${u}/${p}"),
+                })
+            }
+            _ => None,
+        };
+        let note: crate::oci::client::RetryNote = Arc::new(|l: &str| eprintln!("warn: {l}"));
+        Ok(crate::oci::client::Client::new(
+            &reference.registry,
+            self.insecure,
+            credentials,
+            note,
+        )?)
+    }
+}
+
+#[derive(Args)]
 struct OutputArg {
     /// `text` for people, `json` for programs (progress then goes to stderr).
     #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -180,6 +265,30 @@ enum PluginsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Push a component to a registry as a Wasm OCI artifact (the layout
+    /// `wkg oci push` writes) and print its digest.
+    #[command(
+        after_help = "Examples:\n  gantry plugins push target/wasm32-wasip2/release/my_stage.wasm oci://ghcr.io/me/my-stage:1 --username-env REG_USER --password-env REG_PASS\n  gantry plugins push echo.wasm oci://127.0.0.1:5000/plugins/echo:1 --insecure"
+    )]
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where to: `oci://registry/repo:tag`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pull a plugin, check its digests and that it is a component, keep it in
+    /// the plugin cache, and print its digests.
+    #[command(
+        after_help = "Example:\n  gantry plugins pull oci://127.0.0.1:5000/plugins/echo:1 --insecure"
+    )]
+    Pull {
+        /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:...`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -229,12 +338,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             env,
             output,
+            lock,
         } => {
             let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
+            let mode = lock.mode(LockMode::Update);
+            let Some(plugins) =
+                check_configs_with(&runtime, &file, &plan, console.as_ref(), mode).await
             else {
                 return Ok(ExitCode::from(2));
             };
@@ -327,12 +439,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 output.output,
             )
         }
-        Command::Validate { manifest, env } => {
+        Command::Validate {
+            manifest,
+            env,
+            lock,
+        } => {
             let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if check_configs(&runtime, &file, &plan, console.as_ref())
+            let mode = lock.mode(LockMode::ReadOnly);
+            if check_configs_with(&runtime, &file, &plan, console.as_ref(), mode)
                 .await
                 .is_none()
             {
@@ -358,11 +475,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             env,
             output,
+            lock,
         } => {
             let Some((_file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
+            let mode = lock.mode(LockMode::ReadOnly);
+            if let Err(errors) = crate::oci::fetch::fetch_plan(
+                &plan,
+                runtime.cache_root.as_deref(),
+                mode,
+                console.as_ref(),
+            )
+            .await
+            {
+                print_errors(&errors);
+                return Ok(ExitCode::from(2));
+            }
             let plugins = match load_plugins(&runtime, &plan, console.as_ref()) {
                 Ok(p) => p,
                 Err(errors) => {
@@ -405,6 +535,95 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lock { manifest } => {
+            let file = match ManifestFile::load(&manifest) {
+                Ok(f) => f,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            // Every environment may swap in other plugins: lock them all.
+            let mut envs: Vec<Option<&str>> = file
+                .manifest
+                .environments
+                .keys()
+                .map(|e| Some(e.as_str()))
+                .collect();
+            if envs.is_empty() {
+                envs.push(None);
+            }
+            let mut plans = vec![];
+            for env in envs {
+                match crate::plan::Plan::new(&file, env) {
+                    Ok(p) => plans.push(p),
+                    Err(errors) => {
+                        eprintln!("{errors}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            match crate::oci::fetch::lock_manifest(
+                &file,
+                &plans,
+                options.cache_dir.as_deref(),
+                console.as_ref(),
+            )
+            .await
+            {
+                Ok((path, changed)) => {
+                    println!(
+                        "{}: {}",
+                        path.display(),
+                        if changed { "written" } else { "up to date" }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    print_errors(&errors);
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Plugins(PluginsCommand::Push {
+            file,
+            reference,
+            registry,
+        }) => {
+            let r = crate::oci::Reference::parse(&reference).map_err(anyhow::Error::msg)?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            crate::runtime::loader::check_header(&file.display().to_string(), &bytes)?;
+            let title = file
+                .file_name()
+                .map_or("plugin.wasm".into(), |n| n.to_string_lossy().into_owned());
+            let pushed = crate::oci::push::push(
+                &registry.client(&r)?,
+                &r,
+                &bytes,
+                &title,
+                &created_time(&file),
+            )
+            .await?;
+            println!("{}@{}", r.named(), pushed.manifest_digest);
+            println!("component: {}", pushed.layer_digest);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Pull {
+            reference,
+            registry,
+        }) => {
+            let plugin = crate::oci::OciPlugin::new(&reference, None, registry.insecure)
+                .map_err(anyhow::Error::msg)?;
+            let client = registry.client(&plugin.reference)?;
+            let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin).await?;
+            crate::runtime::loader::check_header(&plugin.written, &bytes)?;
+            crate::oci::store::Store::open(options.cache_dir.as_deref())
+                .put(&pin.layer_digest, &bytes);
+            println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
+            println!("component: {}", pin.layer_digest);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             println!(
                 "{}",
@@ -431,10 +650,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Inspect { plugin, json }) => {
-            let source =
-                PluginSource::parse(&plugin, std::path::Path::new(".")).ok_or_else(|| {
-                    anyhow::anyhow!("`{plugin}` is neither a built-in plugin nor a .wasm path")
-                })?;
+            let source = PluginSource::parse(&plugin, std::path::Path::new("."))
+                .filter(|s| !matches!(s, Ok(PluginSource::Oci(_))))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`{plugin}` is neither a built-in plugin nor a .wasm path (pull an OCI plugin with `gantry plugins pull`)"
+                    )
+                })?
+                .map_err(anyhow::Error::msg)?;
             let runtime = new_runtime(options, &console)?;
             let loaded = runtime.load_reporting(&source.read()?, console.as_ref())?;
             let info = describe(&runtime, &loaded, &bare_context(), console.as_ref()).await?;
@@ -559,15 +782,45 @@ fn print_errors(errors: &[String]) {
     }
 }
 
-/// Load every plugin and check each stage's `with` against the JSON Schema its
-/// plugin's describe() returns. Problems are printed; on success the loaded
-/// plugins, which the run then uses.
+/// When a pushed component was made: SOURCE_DATE_EPOCH when set (reproducible
+/// pushes), else the file's modification time.
+fn created_time(file: &std::path::Path) -> String {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    let at = epoch
+        .or_else(|| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// [`check_configs_with`], using and extending gantry.lock as `run` does.
 async fn check_configs(
     runtime: &Runtime,
     file: &ManifestFile,
     plan: &Plan,
     reporter: &dyn Reporter,
 ) -> Option<Plugins> {
+    check_configs_with(runtime, file, plan, reporter, LockMode::Update).await
+}
+
+/// Fetch the OCI plugins (as `mode` says), load every plugin and check each
+/// stage's `with` against the JSON Schema its plugin's describe() returns.
+/// Problems are printed; on success the loaded plugins, which the run then uses.
+async fn check_configs_with(
+    runtime: &Runtime,
+    file: &ManifestFile,
+    plan: &Plan,
+    reporter: &dyn Reporter,
+    mode: LockMode,
+) -> Option<Plugins> {
+    if let Err(errors) =
+        crate::oci::fetch::fetch_plan(plan, runtime.cache_root.as_deref(), mode, reporter).await
+    {
+        print_errors(&errors);
+        return None;
+    }
     let plugins = match load_plugins(runtime, plan, reporter) {
         Ok(p) => p,
         Err(errors) => {

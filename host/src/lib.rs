@@ -9,6 +9,7 @@
 //! - [`capabilities`]: one module per host capability (log, secrets, exec, http, ...),
 //!   each with its grant (from the manifest) and its per-instance state.
 //! - [`plugins`]: built-in plugins embedded in the binary and local `.wasm` files.
+//! - [`oci`]: plugins pulled from OCI registries, `gantry.lock`, their cache.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`cli`]: the `gantry` command line.
 
@@ -19,6 +20,7 @@ pub mod expr;
 mod fuzz;
 pub mod journal;
 pub mod manifest;
+pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;

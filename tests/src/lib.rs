@@ -347,6 +347,20 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where the registry stores blob `digest` (`sha256:...`) on disk: tests
+    /// tamper with it to play a compromised registry.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -60,6 +60,9 @@ pub struct Runtime {
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
     /// Set when the cache could not be used; shown once with `--verbose`.
     pub cache_warning: Option<String>,
+    /// The cache directory (compiled components, pulled plugins); `None`
+    /// with `--no-cache`.
+    pub cache_root: Option<PathBuf>,
 }
 
 /// A loaded, checked, linked plugin, ready to instantiate.
@@ -120,6 +123,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::capabilities::workspace::link_write_denials(&mut linker)?;
         bindings::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let cache_root = options.cache_dir.clone();
         let (cache, cache_warning) = CompileCache::open(&engine, options.cache_dir);
         let ticker = EpochTicker::start(&engine);
         Ok(Self {
@@ -129,6 +133,7 @@ impl Runtime {
             _ticker: ticker,
             loaded: Mutex::default(),
             cache_warning,
+            cache_root,
         })
     }
 
