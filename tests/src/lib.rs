@@ -4,6 +4,7 @@
 
 pub mod appinsights;
 pub mod kube;
+pub mod registry_auth;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

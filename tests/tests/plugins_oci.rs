@@ -2,7 +2,8 @@
 //! on loopback): push, run by reference, gantry.lock, tampering, moved tags,
 //! the offline cache, basic auth, and artifacts that are not components.
 
-use gantry_e2e::{Registry, Workspace, plugin};
+use gantry_e2e::registry_auth::{ACCEPTS, TokenServer, htpasswd};
+use gantry_e2e::{Proxy, Registry, Workspace, plugin};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -362,11 +363,6 @@ fn a_moved_tag_keeps_the_locked_plugin_and_is_refused_with_locked() {
     );
 }
 
-/// An htpasswd line with a bcrypt hash (cost 4), as docker-registry reads it.
-fn htpasswd(user: &str, password: &str) -> String {
-    format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap())
-}
-
 #[test]
 fn basic_auth_comes_from_secrets_or_env_and_wrong_credentials_are_clear() {
     let registry = Registry::start(Some(&htpasswd("ci", "plugin-pw-123")));
@@ -641,4 +637,108 @@ fn the_layout_is_the_one_wkg_reads_and_writes() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn the_token_flow_asks_for_pull_or_push_scope_with_the_credentials() {
+    let (tokens, registry) = TokenServer::with_registry();
+    let reference = format!("oci://{}/team/echo:1", registry.addr);
+    let ws = Workspace::new()
+        .with_cache(tempfile::tempdir().unwrap().path())
+        .env("REG_USER", ACCEPTS.user)
+        .env("REG_PASS", ACCEPTS.password);
+    push(
+        &ws,
+        "echo",
+        &reference,
+        &["--username-env", "REG_USER", "--password-env", "REG_PASS"],
+    );
+    let asked = tokens.requests.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|r| r.contains("service=gantry-registry")
+            && r.contains("scope=repository%3Ateam%2Fecho%3Apull%2Cpush")),
+        "{asked:?}"
+    );
+
+    let auth = ", username-secret: reg-user, password-secret: reg-pass";
+    echo_pipeline(&ws, &format!("{}/team/echo:1", registry.addr), auth);
+    let out = ws.run();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let asked = tokens.requests.lock().unwrap()[asked.len()..].to_vec();
+    assert!(
+        !asked.is_empty()
+            && asked
+                .iter()
+                .all(|r| r.contains("scope=repository%3Ateam%2Fecho%3Apull ")),
+        "a pull needs only pull: {asked:?}"
+    );
+    assert!(!out.all().contains(ACCEPTS.password));
+
+    let wrong = Workspace::new()
+        .with_cache(tempfile::tempdir().unwrap().path())
+        .env("REG_USER", ACCEPTS.user)
+        .env("REG_PASS", "not-the-token-pass");
+    echo_pipeline(&wrong, &format!("{}/team/echo:1", registry.addr), auth);
+    let out = wrong.run();
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "refused access (401); tried the user name and password from secrets `reg-user`/`reg-pass`: the token service {} answered 401 Unauthorized: UNAUTHORIZED: bad credentials",
+            tokens.realm
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.all().contains("not-the-token-pass"));
+}
+
+#[test]
+fn transient_registry_errors_are_retried_and_then_given_up_on() {
+    let registry = Registry::start(None);
+    let ws = Workspace::new().with_cache(tempfile::tempdir().unwrap().path());
+    let reference = format!("oci://{}/plugins/echo:1", registry.addr);
+    let digest = push(&ws, "echo", &reference, &[]);
+
+    // 503, then 429 with Retry-After, then a dropped connection; then through.
+    let proxy = Proxy::start(&registry.addr, |n| match n {
+        1 => Some(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ),
+        2 => Some(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ),
+        3 => Some("drop"),
+        _ => None,
+    });
+    let out = pull(&ws, &format!("oci://{}/plugins/echo:1", proxy.addr));
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains(&format!("@{digest}")), "{}", out.stdout);
+    let manifest = format!("GET http://{}/v2/plugins/echo/manifests/1", proxy.addr);
+    for line in [
+        format!("warn: {manifest}: 503 Service Unavailable; retry 1 of 3 in 0.5s"),
+        format!("warn: {manifest}: 429 Too Many Requests; retry 2 of 3 in 1.0s"),
+    ] {
+        assert!(out.stderr.contains(&line), "{line}\n{}", out.stderr);
+    }
+    assert!(
+        out.stderr.contains("; retry 3 of 3 in 2.0s"),
+        "{}",
+        out.stderr
+    );
+
+    // A registry that keeps failing: bounded, and said so.
+    let failing = Proxy::start(&registry.addr, |_| {
+        Some("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+    });
+    let out = pull(&ws, &format!("oci://{}/plugins/echo:1", failing.addr));
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "GET http://{}/v2/plugins/echo/manifests/1: gave up after 4 attempts; last: 502 Bad Gateway: (empty body)",
+            failing.addr
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(failing.requests().len(), 4);
 }

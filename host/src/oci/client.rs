@@ -538,7 +538,10 @@ fn connect_error(url: &str, e: &hyper_util::client::legacy::Error) -> OciError {
             false,
         )
     } else {
-        (text, e.is_connect())
+        // Resets and closed connections are worth another attempt; a
+        // certificate the system does not trust is not.
+        let retryable = !text.to_ascii_lowercase().contains("certificate");
+        (text, retryable)
     };
     OciError::Connect {
         url: strip_query(url),
