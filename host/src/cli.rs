@@ -36,10 +36,10 @@ struct Global {
     /// Show debug output: plugin digests, compile-cache hits, debug log lines.
     #[arg(short, long, global = true)]
     verbose: bool,
-    /// Where compiled components are cached [default: $GANTRY_CACHE_DIR, else $XDG_CACHE_HOME/gantry, else ~/.cache/gantry].
+    /// Where compiled components and pulled OCI plugins are cached [default: $GANTRY_CACHE_DIR, else $XDG_CACHE_HOME/gantry, else ~/.cache/gantry].
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Compile every component in memory; read and write no cache.
+    /// Compile every component in memory and pull OCI plugins every time; read and write no cache.
     #[arg(long, global = true)]
     no_cache: bool,
 }
@@ -52,6 +52,8 @@ enum Command {
         Stages run as soon as the stages they need have succeeded. The run is journaled in \
         <workspace>/.gantry/runs/<run-id>/ (journal, per-stage logs, summary); if gantry dies, \
         `gantry resume <run-id>` continues it. Ctrl-C stops running stages and records it.\n\n\
+        OCI plugins (`uses: oci://...`) run at the digests gantry.lock pins; a reference not \
+        pinned yet is resolved and pinned (said in one line), unless --locked.\n\n\
         Exit status: 0 when every stage succeeded (or was skipped by its condition), 1 when a \
         stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C."
     )]
@@ -571,6 +573,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
             {
+                Ok((path, false)) if !path.exists() => {
+                    println!(
+                        "{}: uses no OCI plugins; nothing to lock",
+                        manifest.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
                 Ok((path, changed)) => {
                     println!(
                         "{}: {}",

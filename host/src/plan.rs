@@ -797,6 +797,40 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn plan_errors(yaml: &str) -> String {
+        let file = ManifestFile::parse(std::path::Path::new("pipeline.yaml"), yaml.into()).unwrap();
+        match Plan::new(&file, None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn oci_aliases_are_checked() {
+        let with = |alias: &str| {
+            plan_errors(&format!(
+                "pipeline: p\nsecrets: {{ u: {{ env: U }} }}\nplugins:\n  x: {{ {alias} }}\nstages:\n  - {{ name: a, uses: x }}\n"
+            ))
+        };
+        assert_eq!(with("oci: \"127.0.0.1:5000/p/x:1\", insecure: true"), "");
+        assert!(with("oci: ghcr.io/p/x:1, insecure: true").contains(
+            "`insecure` (plain HTTP) is only allowed for a registry on this machine, not `ghcr.io`"
+        ));
+        assert!(with("oci: ghcr.io/p/x:1, username-secret: u").contains("give both"));
+        assert!(
+            with("oci: ghcr.io/p/x:1, username-secret: u, password-secret: p")
+                .contains("secret `p` is not defined")
+        );
+        assert!(with("builtin: command, insecure: true").contains("only go with `oci`"));
+        assert!(with("oci: p/x:1").contains("does not start with a registry host"));
+        let direct =
+            plan_errors("pipeline: p\nstages:\n  - { name: a, uses: \"oci://ghcr.io/P\" }\n");
+        assert!(
+            direct.contains("stages[0].uses: `P` in `oci://ghcr.io/P` is not a repository name"),
+            "{direct}"
+        );
+    }
+
     #[test]
     fn overlays_merge_objects_and_replace_the_rest() {
         let base =

@@ -309,6 +309,16 @@ fn a_moved_tag_keeps_the_locked_plugin_and_is_refused_with_locked() {
     let reference = format!("oci://{}/plugins/echo:1", registry.addr);
     let first = push(&ws, "echo", &reference, &[]);
     echo_pipeline(&ws, &format!("{}/plugins/echo:1", registry.addr), "");
+    // `validate` resolves what is not pinned, and writes nothing.
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!(
+            "not in gantry.lock, resolved now: {reference} → {first}"
+        )),
+        "{}",
+        out.stdout
+    );
     let out = ws.gantry(&["run", "pipeline.yaml", "--locked"]);
     assert_eq!(out.code, Some(2), "{}", out.all());
     assert!(
@@ -741,4 +751,43 @@ fn transient_registry_errors_are_retried_and_then_given_up_on() {
         out.stderr
     );
     assert_eq!(failing.requests().len(), 4);
+}
+
+#[test]
+fn gantry_lock_pins_the_plugins_of_every_environment_and_only_those() {
+    let registry = Registry::start(None);
+    let addr = registry.addr.clone();
+    let ws = Workspace::new().with_cache(tempfile::tempdir().unwrap().path());
+    let echo = push(&ws, "echo", &format!("oci://{addr}/plugins/echo:1"), &[]);
+    let noop = push(&ws, "noop", &format!("oci://{addr}/plugins/noop:1"), &[]);
+    ws.manifest(&format!(
+        r#"pipeline: envs
+plugins:
+  noop: {{ oci: "{addr}/plugins/noop:1", insecure: true }}
+  unused: {{ oci: "{addr}/plugins/unused:1", insecure: true }}
+stages:
+  - name: a
+    uses: "{{noop}}"
+environments:
+  dev: {{ default: true }}
+  staging:
+    stages:
+      a: {{ uses: noop }}
+"#
+    ));
+    ws.write("gantry.lock", "version = 1\n[[plugin]]\nreference = \"oci://gone/x:1\"\nmanifest-digest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nlayer-digest = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n");
+    let out = ws.gantry(&["lock", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let lock = std::fs::read_to_string(ws.path().join("gantry.lock")).unwrap();
+    assert!(
+        lock.contains(&format!(
+            "reference = \"oci://{addr}/plugins/noop:1\"\nmanifest-digest = \"{noop}\""
+        )),
+        "{lock}"
+    );
+    assert!(
+        !lock.contains("gone/x") && !lock.contains("unused") && !lock.contains(&echo),
+        "{lock}"
+    );
+    assert_eq!(lock.matches("[[plugin]]").count(), 1, "{lock}");
 }

@@ -401,6 +401,10 @@ pub async fn lock_manifest(
     if !errors.is_empty() {
         return Err(errors);
     }
+    // No OCI plugins and no lock yet: no file to write.
+    if lock.pins.is_empty() && !lock_path.exists() {
+        return Ok((lock_path, false));
+    }
     let changed = lock.write(&lock_path).map_err(|e| vec![format!("{e:#}")])?;
     Ok((lock_path, changed))
 }
