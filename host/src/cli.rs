@@ -537,102 +537,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lock { manifest } => {
-            let file = match ManifestFile::load(&manifest) {
-                Ok(f) => f,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            // Every environment may swap in other plugins: lock them all.
-            let mut envs: Vec<Option<&str>> = file
-                .manifest
-                .environments
-                .keys()
-                .map(|e| Some(e.as_str()))
-                .collect();
-            if envs.is_empty() {
-                envs.push(None);
-            }
-            let mut plans = vec![];
-            for env in envs {
-                match crate::plan::Plan::new(&file, env) {
-                    Ok(p) => plans.push(p),
-                    Err(errors) => {
-                        eprintln!("{errors}");
-                        return Ok(ExitCode::from(2));
-                    }
-                }
-            }
-            match crate::oci::fetch::lock_manifest(
-                &file,
-                &plans,
-                options.cache_dir.as_deref(),
-                console.as_ref(),
-            )
-            .await
-            {
-                Ok((path, false)) if !path.exists() => {
-                    println!(
-                        "{}: uses no OCI plugins; nothing to lock",
-                        manifest.display()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok((path, changed)) => {
-                    println!(
-                        "{}: {}",
-                        path.display(),
-                        if changed { "written" } else { "up to date" }
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(errors) => {
-                    print_errors(&errors);
-                    Ok(ExitCode::from(2))
-                }
-            }
-        }
+        Command::Lock { manifest } => lock(&manifest, options.cache_dir.as_deref(), &console).await,
         Command::Plugins(PluginsCommand::Push {
             file,
             reference,
             registry,
-        }) => {
-            let r = crate::oci::Reference::parse(&reference).map_err(anyhow::Error::msg)?;
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            crate::runtime::loader::check_header(&file.display().to_string(), &bytes)?;
-            let title = file
-                .file_name()
-                .map_or("plugin.wasm".into(), |n| n.to_string_lossy().into_owned());
-            let pushed = crate::oci::push::push(
-                &registry.client(&r)?,
-                &r,
-                &bytes,
-                &title,
-                &created_time(&file),
-            )
-            .await?;
-            println!("{}@{}", r.named(), pushed.manifest_digest);
-            println!("component: {}", pushed.layer_digest);
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => push(&file, &reference, &registry).await,
         Command::Plugins(PluginsCommand::Pull {
             reference,
             registry,
-        }) => {
-            let plugin = crate::oci::OciPlugin::new(&reference, None, registry.insecure)
-                .map_err(anyhow::Error::msg)?;
-            let client = registry.client(&plugin.reference)?;
-            let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin).await?;
-            crate::runtime::loader::check_header(&plugin.written, &bytes)?;
-            crate::oci::store::Store::open(options.cache_dir.as_deref())
-                .put(&pin.layer_digest, &bytes);
-            println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
-            println!("component: {}", pin.layer_digest);
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => pull(&reference, &registry, options.cache_dir.as_deref()).await,
         Command::Schema => {
             println!(
                 "{}",
@@ -789,6 +703,105 @@ fn print_errors(errors: &[String]) {
     for e in errors {
         eprintln!("error: {e}");
     }
+}
+
+/// `gantry lock`: pin the OCI plugins of every environment.
+async fn lock(
+    manifest: &std::path::Path,
+    cache_dir: Option<&std::path::Path>,
+    console: &Arc<dyn Reporter>,
+) -> anyhow::Result<ExitCode> {
+    let file = match ManifestFile::load(manifest) {
+        Ok(f) => f,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Every environment may swap in other plugins: lock them all.
+    let mut envs: Vec<Option<&str>> = file
+        .manifest
+        .environments
+        .keys()
+        .map(|e| Some(e.as_str()))
+        .collect();
+    if envs.is_empty() {
+        envs.push(None);
+    }
+    let mut plans = vec![];
+    for env in envs {
+        match crate::plan::Plan::new(&file, env) {
+            Ok(p) => plans.push(p),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    match crate::oci::fetch::lock_manifest(&file, &plans, cache_dir, console.as_ref()).await {
+        Ok((path, false)) if !path.exists() => {
+            println!(
+                "{}: uses no OCI plugins; nothing to lock",
+                manifest.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((path, changed)) => {
+            println!(
+                "{}: {}",
+                path.display(),
+                if changed { "written" } else { "up to date" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `gantry plugins push`.
+async fn push(
+    file: &std::path::Path,
+    reference: &str,
+    registry: &RegistryArgs,
+) -> anyhow::Result<ExitCode> {
+    let r = crate::oci::Reference::parse(reference).map_err(anyhow::Error::msg)?;
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    crate::runtime::loader::check_header(&file.display().to_string(), &bytes)?;
+    let title = file
+        .file_name()
+        .map_or("plugin.wasm".into(), |n| n.to_string_lossy().into_owned());
+    let pushed = crate::oci::push::push(
+        &registry.client(&r)?,
+        &r,
+        &bytes,
+        &title,
+        &created_time(file),
+    )
+    .await?;
+    println!("{}@{}", r.named(), pushed.manifest_digest);
+    println!("component: {}", pushed.layer_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry plugins pull`: fetch, check and cache one plugin.
+async fn pull(
+    reference: &str,
+    registry: &RegistryArgs,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let plugin = crate::oci::OciPlugin::new(reference, None, registry.insecure)
+        .map_err(anyhow::Error::msg)?;
+    let client = registry.client(&plugin.reference)?;
+    let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin).await?;
+    crate::runtime::loader::check_header(&plugin.written, &bytes)?;
+    crate::oci::store::Store::open(cache_dir).put(&pin.layer_digest, &bytes);
+    println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
+    println!("component: {}", pin.layer_digest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// When a pushed component was made: SOURCE_DATE_EPOCH when set (reproducible

@@ -495,6 +495,13 @@ fn what_is_not_a_component_artifact_is_refused_by_name() {
         out.stderr
     );
 
+    let out = ws.gantry(&["plugins", "pull", "oci://registry.invalid/a/b:1"]);
+    assert!(
+        out.stderr.contains("cannot reach https://registry.invalid/v2/a/b/manifests/1: the registry's host name does not resolve (unknown registry?)"),
+        "{}",
+        out.stderr
+    );
+
     // Plain HTTP only on loopback; HTTPS to a plain-HTTP registry says what to do.
     let out = pull(&ws, "oci://registry.example.com/a/b:1");
     assert!(
