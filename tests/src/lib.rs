@@ -310,8 +310,27 @@ impl Registry {
         Self::start_in(dir, &auth)
     }
 
-    /// Start with `auth` as the `auth:` section of the registry's config (YAML,
-    /// including the `auth:` key); the registry keeps its data in `dir`.
+    /// A registry serving HTTPS with a fresh self-signed certificate for
+    /// 127.0.0.1, and that certificate's PEM file (trust it with
+    /// `SSL_CERT_FILE`).
+    pub fn start_tls() -> (Self, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("generate the registry's certificate");
+        let (cert, private) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, key.cert.pem()).unwrap();
+        std::fs::write(&private, key.signing_key.serialize_pem()).unwrap();
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            private.display()
+        );
+        (Self::start_in(dir, &tls), cert)
+    }
+
+    /// Start with `auth` appended to the registry's config (YAML) right after
+    /// `http:`'s `addr`: a top-level `auth:` section, or more `http:` keys
+    /// (indented, e.g. `tls:`); the registry keeps its data in `dir`.
     pub fn start_in(dir: tempfile::TempDir, auth: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()

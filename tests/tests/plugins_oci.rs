@@ -798,3 +798,47 @@ environments:
     );
     assert_eq!(lock.matches("[[plugin]]").count(), 1, "{lock}");
 }
+
+#[test]
+fn a_stage_uses_an_oci_reference_over_https() {
+    let (registry, ca) = Registry::start_tls();
+    let reference = format!("oci://{}/plugins/echo:1", registry.addr);
+    let ws = Workspace::new()
+        .with_cache(tempfile::tempdir().unwrap().path())
+        .env("SSL_CERT_FILE", ca.to_str().unwrap());
+    let echo = plugin("echo");
+    let out = ws.gantry(&["plugins", "push", echo.to_str().unwrap(), &reference]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    ws.manifest(&format!(
+        "pipeline: direct\nstages:\n  - name: a\n    uses: {reference}\n    with: {{ message: over https }}\n"
+    ));
+    let out = ws.run();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.all().contains("echo: over https"), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains(&format!("gantry.lock: pinned {reference} → sha256:")),
+        "{}",
+        out.stdout
+    );
+
+    // A certificate the machine does not trust: refused at once, not retried.
+    let untrusted = Workspace::new().with_cache(tempfile::tempdir().unwrap().path());
+    untrusted.manifest(&std::fs::read_to_string(ws.path().join("pipeline.yaml")).unwrap());
+    let out = untrusted.run();
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot reach https://{}/v2/plugins/echo/manifests/1: ",
+            registry.addr
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("invalid peer certificate"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("retry"), "{}", out.stderr);
+}
