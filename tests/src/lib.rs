@@ -141,6 +141,8 @@ pub struct Workspace {
     dir: tempfile::TempDir,
     cache: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// A cache directory of its own, removed with the workspace.
+    own_cache: Option<tempfile::TempDir>,
 }
 
 impl Default for Workspace {
@@ -155,7 +157,22 @@ impl Workspace {
             dir: tempfile::tempdir().unwrap(),
             cache: Some(shared_cache().to_path_buf()),
             env: vec![],
+            own_cache: None,
         }
+    }
+
+    /// Use a fresh cache directory of its own (compiled components and
+    /// pulled plugins), removed with the workspace.
+    pub fn with_fresh_cache(mut self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        self.cache = Some(dir.path().to_path_buf());
+        self.own_cache = Some(dir);
+        self
+    }
+
+    /// The cache directory gantry is given, if any.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_deref()
     }
 
     /// Use this compile cache directory instead of the shared one.
