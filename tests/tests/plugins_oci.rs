@@ -152,6 +152,11 @@ stages:
     ));
 }
 
+/// The cache's file name for the component with digest `layer`.
+fn cache_file(layer: &str) -> String {
+    format!("{}.wasm", layer.trim_start_matches("sha256:"))
+}
+
 fn cached_plugins(cache: &Path) -> Vec<String> {
     std::fs::read_dir(cache.join("plugins/sha256"))
         .map(|d| {
@@ -198,10 +203,7 @@ fn a_pushed_plugin_runs_by_reference_is_locked_and_runs_offline_from_the_cache()
         )),
         "{lock}"
     );
-    assert_eq!(
-        cached_plugins(cache.path()),
-        [format!("{}.wasm", &layer[7..])]
-    );
+    assert_eq!(cached_plugins(cache.path()), [cache_file(&layer)]);
 
     // `gantry lock` agrees with what the run wrote, byte for byte, twice.
     let out = ws.gantry(&["lock", "pipeline.yaml"]);
@@ -652,10 +654,7 @@ fn the_layout_is_the_one_wkg_reads_and_writes() {
         )),
         "{stdout}"
     );
-    assert_eq!(
-        cached_plugins(cache.path()),
-        [format!("{}.wasm", &layer[7..])]
-    );
+    assert_eq!(cached_plugins(cache.path()), [cache_file(&layer)]);
 
     // A direct `uses: oci://` is anonymous HTTPS: a plain-HTTP registry says what to do.
     ws.manifest(&format!("pipeline: direct\nstages:\n  - name: a\n    uses: oci://{addr}/gantry/echo:2\n    with: {{ message: hi }}\n"));

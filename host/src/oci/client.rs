@@ -241,7 +241,14 @@ impl Client {
                 None
             };
             let r = self
-                .send_retrying(&method, &url, headers, &body, auth.as_deref(), max)
+                .send_retrying(&Attempt {
+                    method: &method,
+                    url: &url,
+                    headers,
+                    body: &body,
+                    authorization: auth.as_deref(),
+                    max,
+                })
                 .await?;
             if r.status == StatusCode::UNAUTHORIZED && at_registry && !challenged {
                 challenged = true;
@@ -280,20 +287,11 @@ impl Client {
     }
 
     /// Send until the answer is not transient, at most `RETRIES` times more.
-    async fn send_retrying(
-        &self,
-        method: &Method,
-        url: &str,
-        headers: &[(header::HeaderName, String)],
-        body: &Bytes,
-        authorization: Option<&str>,
-        max: usize,
-    ) -> Result<Response, OciError> {
+    async fn send_retrying(&self, request: &Attempt<'_>) -> Result<Response, OciError> {
+        let (method, url) = (request.method, request.url);
         let mut attempt = 0;
         loop {
-            let result = self
-                .send_once(method, url, headers, body, authorization, max)
-                .await;
+            let result = self.send_once(request).await;
             let (why, wait) = match &result {
                 Err(OciError::Connect {
                     reason,
@@ -335,15 +333,15 @@ impl Client {
         }
     }
 
-    async fn send_once(
-        &self,
-        method: &Method,
-        url: &str,
-        headers: &[(header::HeaderName, String)],
-        body: &Bytes,
-        authorization: Option<&str>,
-        max: usize,
-    ) -> Result<Response, OciError> {
+    async fn send_once(&self, request: &Attempt<'_>) -> Result<Response, OciError> {
+        let Attempt {
+            method,
+            url,
+            headers,
+            body,
+            authorization,
+            max,
+        } = *request;
         let mut req = Request::builder().method(method.clone()).uri(url);
         for (k, v) in headers {
             req = req.header(k, v);
@@ -454,14 +452,14 @@ impl Client {
             query.join("&")
         );
         let r = self
-            .send_retrying(
-                &Method::GET,
-                &url,
-                &[],
-                &Bytes::new(),
-                basic.as_deref(),
-                1 << 20,
-            )
+            .send_retrying(&Attempt {
+                method: &Method::GET,
+                url: &url,
+                headers: &[],
+                body: &Bytes::new(),
+                authorization: basic.as_deref(),
+                max: 1 << 20,
+            })
             .await?;
         if !r.status.is_success() {
             return Err(OciError::Unauthorized {
@@ -484,6 +482,18 @@ impl Client {
             })?;
         Ok(format!("Bearer {token}"))
     }
+}
+
+/// One request as sent, and sent again on a retry.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    method: &'a Method,
+    url: &'a str,
+    headers: &'a [(header::HeaderName, String)],
+    body: &'a Bytes,
+    authorization: Option<&'a str>,
+    /// Read at most this many bytes of the response body.
+    max: usize,
 }
 
 fn is_transient(s: StatusCode) -> bool {
