@@ -16,6 +16,7 @@ macro_rules! out {
 use crate::capabilities::state::StateStore;
 use crate::journal::{Journal, PluginRecord, Record};
 use crate::manifest::ManifestFile;
+use crate::oci::fetch::LockMode;
 use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
@@ -50,10 +51,10 @@ struct Global {
     /// Show debug output: plugin digests, compile-cache hits, debug log lines.
     #[arg(short, long, global = true)]
     verbose: bool,
-    /// Where compiled components are cached [default: $GANTRY_CACHE_DIR, else $XDG_CACHE_HOME/gantry, else ~/.cache/gantry].
+    /// Where compiled components and pulled OCI plugins are cached [default: $GANTRY_CACHE_DIR, else $XDG_CACHE_HOME/gantry, else ~/.cache/gantry].
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Compile every component in memory; read and write no cache.
+    /// Compile every component in memory and pull OCI plugins every time; read and write no cache.
     #[arg(long, global = true)]
     no_cache: bool,
     /// Run programs started through `exec` without Landlock, with your full
@@ -73,6 +74,8 @@ enum Command {
         $XDG_STATE_HOME/gantry, else ~/.local/state/gantry: workspaces/<name>-<hash>/runs/<run-id>/, \
         with the journal, per-stage logs and the summary); if gantry dies, \
         `gantry resume <run-id>` continues it. Ctrl-C stops running stages and records it.\n\n\
+        OCI plugins (`uses: oci://...`) run at the digests gantry.lock pins; a reference not \
+        pinned yet is resolved and pinned (said in one line), unless --locked.\n\n\
         Exit status: 0 when every stage succeeded (or was skipped by its condition), 1 when a \
         stage failed, 2 when the manifest or a plugin is invalid (nothing ran), 130 on Ctrl-C, \
         143 on SIGTERM, 129 on SIGHUP (each stops the run like Ctrl-C; a second signal exits at once)."
@@ -84,6 +87,8 @@ enum Command {
         env: EnvArg,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        lock: LockArg,
     },
     /// Check a manifest and every plugin it uses, without running anything.
     #[command(
@@ -99,6 +104,8 @@ enum Command {
         manifest: PathBuf,
         #[command(flatten)]
         env: EnvArg,
+        #[command(flatten)]
+        lock: LockArg,
     },
     /// Show what a run would do: stages in order, provider and digest, config
     /// (secrets masked), grants and needs.
@@ -112,6 +119,18 @@ enum Command {
         env: EnvArg,
         #[command(flatten)]
         output: OutputArg,
+        #[command(flatten)]
+        lock: LockArg,
+    },
+    /// Pin every OCI plugin of a manifest (all environments) in gantry.lock.
+    #[command(after_help = "Example:\n  gantry lock pipeline.yaml\n\n\
+        Resolves each `oci://` reference (and each `plugins:` alias with `oci:`) to the digest \
+        of its manifest and of its component, pulls and checks the component (it is cached by \
+        digest), and writes gantry.lock next to the manifest: sorted, one [[plugin]] per \
+        reference, only references the manifest uses. Run it again to accept moved tags.")]
+    Lock {
+        /// The pipeline manifest (YAML).
+        manifest: PathBuf,
     },
     /// Continue a run whose host died, without re-running finished stages.
     #[command(
@@ -169,6 +188,74 @@ struct EnvArg {
     /// `default: true`, else `default`.
     #[arg(long = "env", value_name = "NAME")]
     environment: Option<String>,
+}
+
+#[derive(Args)]
+struct LockArg {
+    /// Refuse to run unless gantry.lock pins every OCI plugin and each tag
+    /// still resolves to its pinned digest (for CI).
+    #[arg(long)]
+    locked: bool,
+}
+
+impl LockArg {
+    fn mode(&self, otherwise: LockMode) -> LockMode {
+        if self.locked {
+            LockMode::Locked
+        } else {
+            otherwise
+        }
+    }
+}
+
+/// How `plugins push` and `plugins pull` reach a registry.
+#[derive(Args)]
+struct RegistryArgs {
+    /// The environment variable holding the registry user name (with --password-env).
+    #[arg(long, value_name = "VAR", requires = "password_env")]
+    username_env: Option<String>,
+    /// The environment variable holding the registry password or token.
+    #[arg(long, value_name = "VAR", requires = "username_env")]
+    password_env: Option<String>,
+    /// Plain HTTP instead of HTTPS; only for a registry on this machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl RegistryArgs {
+    /// A client for `reference`'s registry.
+    fn client(
+        &self,
+        reference: &crate::oci::Reference,
+    ) -> anyhow::Result<crate::oci::client::Client> {
+        if self.insecure && !reference.is_loopback() {
+            anyhow::bail!(
+                "--insecure (plain HTTP) is only allowed for a registry on this machine, not `{}`",
+                reference.registry
+            );
+        }
+        let credentials = match (&self.username_env, &self.password_env) {
+            (Some(u), Some(p)) => {
+                let var = |v: &str| {
+                    std::env::var(v)
+                        .map_err(|_| anyhow::anyhow!("environment variable `{v}` is not set"))
+                };
+                Some(crate::oci::client::Credentials {
+                    username: var(u)?,
+                    password: var(p)?,
+                    origin: format!("${u}/${p}"),
+                })
+            }
+            _ => None,
+        };
+        let note: crate::oci::client::RetryNote = Arc::new(|l: &str| eprintln!("warn: {l}"));
+        Ok(crate::oci::client::Client::new(
+            &reference.registry,
+            self.insecure,
+            credentials,
+            note,
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -250,14 +337,41 @@ enum PluginsCommand {
     /// Show what a plugin says about itself (describe()), its WIT imports and
     /// exports, and the capabilities it needs.
     #[command(
-        after_help = "Examples:\n  gantry plugins inspect command\n  gantry plugins inspect ./my_stage.wasm --json"
+        after_help = "Examples:\n  gantry plugins inspect command\n  gantry plugins inspect ./my_stage.wasm --json\n  gantry plugins inspect oci://127.0.0.1:5000/plugins/echo:1 --insecure"
     )]
     Inspect {
-        /// A built-in name or a path to a .wasm component.
+        /// A built-in name, a path to a .wasm component, or an OCI reference
+        /// (`oci://registry/repo:tag`, fetched and verified like `plugins pull`).
         plugin: String,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Push a component to a registry as a Wasm OCI artifact (the layout
+    /// `wkg oci push` writes) and print its digest.
+    #[command(
+        after_help = "Examples:\n  gantry plugins push target/wasm32-wasip2/release/my_stage.wasm oci://ghcr.io/me/my-stage:1 --username-env REG_USER --password-env REG_PASS\n  gantry plugins push echo.wasm oci://127.0.0.1:5000/plugins/echo:1 --insecure"
+    )]
+    Push {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// Where to: `oci://registry/repo:tag`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Pull a plugin, check its digests and that it is a component, keep it in
+    /// the plugin cache, and print its digests.
+    #[command(
+        after_help = "Example:\n  gantry plugins pull oci://127.0.0.1:5000/plugins/echo:1 --insecure"
+    )]
+    Pull {
+        /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:...`.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -310,12 +424,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             env,
             output,
+            lock,
         } => {
             let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
+            let mode = lock.mode(LockMode::Update);
+            let Some(plugins) =
+                check_configs_with(&runtime, &file, &plan, console.as_ref(), mode).await
             else {
                 return Ok(ExitCode::from(2));
             };
@@ -377,10 +494,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("run `{run_id}` already finished; start a new one with `gantry run`");
             }
-            let fresh = format!(
-                "start a new run with `gantry run {}`",
-                manifest.display()
-            );
+            let fresh = format!("start a new run with `gantry run {}`", manifest.display());
             if crate::journal::file_sha256(manifest).ok().as_ref() != Some(manifest_sha256) {
                 anyhow::bail!(
                     "{} changed (or is gone) since run `{run_id}` started; resuming would mix two \
@@ -431,12 +545,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 output.output,
             )
         }
-        Command::Validate { manifest, env } => {
+        Command::Validate {
+            manifest,
+            env,
+            lock,
+        } => {
             let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
-            if check_configs(&runtime, &file, &plan, console.as_ref())
+            let mode = lock.mode(LockMode::ReadOnly);
+            if check_configs_with(&runtime, &file, &plan, console.as_ref(), mode)
                 .await
                 .is_none()
             {
@@ -462,11 +581,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             env,
             output,
+            lock,
         } => {
             let Some((_file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
                 return Ok(ExitCode::from(2));
             };
             let runtime = new_runtime(options, &console)?;
+            let mode = lock.mode(LockMode::ReadOnly);
+            if let Err(errors) = crate::oci::fetch::fetch_plan(
+                &plan,
+                runtime.cache_root.as_deref(),
+                mode,
+                console.as_ref(),
+            )
+            .await
+            {
+                print_errors(&errors);
+                return Ok(ExitCode::from(2));
+            }
             let plugins = match load_plugins(&runtime, &plan, console.as_ref()) {
                 Ok(p) => p,
                 Err(errors) => {
@@ -505,6 +637,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out!(@raw "{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lock { manifest } => lock(&manifest, options.cache_dir.as_deref(), &console).await,
+        Command::Plugins(PluginsCommand::Push {
+            file,
+            reference,
+            registry,
+        }) => push(&file, &reference, &registry).await,
+        Command::Plugins(PluginsCommand::Pull {
+            reference,
+            registry,
+        }) => pull(&reference, &registry, options.cache_dir.as_deref()).await,
         Command::Schema => {
             out!(
                 "{}",
@@ -566,13 +708,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(PluginsCommand::Inspect { plugin, json }) => {
-            let source =
-                PluginSource::parse(&plugin, std::path::Path::new(".")).ok_or_else(|| {
-                    anyhow::anyhow!("`{plugin}` is neither a built-in plugin nor a .wasm path")
-                })?;
+        Command::Plugins(PluginsCommand::Inspect {
+            plugin,
+            json,
+            registry,
+        }) => {
+            let source = PluginSource::parse(&plugin, std::path::Path::new("."))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`{plugin}` is neither a built-in plugin, a .wasm path nor an oci:// reference"
+                    )
+                })?
+                .map_err(anyhow::Error::msg)?;
+            let bytes = match &source {
+                PluginSource::Oci(oci) => {
+                    let client = registry.client(&oci.reference)?;
+                    let (_, bytes) = crate::oci::fetch::resolve(&client, oci).await?;
+                    crate::plugins::PluginBytes::new(
+                        oci.written.clone(),
+                        std::borrow::Cow::Owned(bytes),
+                    )
+                }
+                _ => source.read()?,
+            };
             let runtime = new_runtime(options, &console)?;
-            let loaded = runtime.load_reporting(&source.read()?, console.as_ref())?;
+            let loaded = runtime.load_reporting(&bytes, console.as_ref())?;
             let info = describe(&runtime, &loaded, &bare_context(), console.as_ref()).await?;
             let ty = loaded.component.component_type();
             let imports: Vec<String> = ty
@@ -685,7 +845,9 @@ fn plugin_records(plan: &Plan, plugins: &Plugins) -> Vec<PluginRecord> {
 /// resume with, in words; empty when nothing does.
 fn changed_plugins(recorded: &[PluginRecord], now: &[PluginRecord]) -> Vec<String> {
     if recorded.is_empty() {
-        return vec!["the journal records no plugin digests (it was written by an older gantry)".into()];
+        return vec![
+            "the journal records no plugin digests (it was written by an older gantry)".into(),
+        ];
     }
     let mut changed = vec![];
     for n in now {
@@ -709,7 +871,10 @@ fn state_command(command: StateCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let workspace = workspace.as_path();
-    if let Some(why) = key.as_deref().and_then(crate::capabilities::state::check_key) {
+    if let Some(why) = key
+        .as_deref()
+        .and_then(crate::capabilities::state::check_key)
+    {
         anyhow::bail!("{why}");
     }
     let store = match WorkspaceState::open(workspace, false)? {
@@ -829,15 +994,144 @@ fn print_errors(errors: &[String]) {
     }
 }
 
-/// Load every plugin and check each stage's `with` against the JSON Schema its
-/// plugin's describe() returns. Problems are printed; on success the loaded
-/// plugins, which the run then uses.
+/// `gantry lock`: pin the OCI plugins of every environment.
+async fn lock(
+    manifest: &std::path::Path,
+    cache_dir: Option<&std::path::Path>,
+    console: &Arc<dyn Reporter>,
+) -> anyhow::Result<ExitCode> {
+    let file = match ManifestFile::load(manifest) {
+        Ok(f) => f,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Every environment may swap in other plugins: lock them all.
+    let mut envs: Vec<Option<&str>> = file
+        .manifest
+        .environments
+        .keys()
+        .map(|e| Some(e.as_str()))
+        .collect();
+    if envs.is_empty() {
+        envs.push(None);
+    }
+    let mut plans = vec![];
+    for env in envs {
+        match crate::plan::Plan::new(&file, env) {
+            Ok(p) => plans.push(p),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    match crate::oci::fetch::lock_manifest(&file, &plans, cache_dir, console.as_ref()).await {
+        Ok((path, false)) if !path.exists() => {
+            println!(
+                "{}: uses no OCI plugins; nothing to lock",
+                manifest.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((path, changed)) => {
+            println!(
+                "{}: {}",
+                path.display(),
+                if changed { "written" } else { "up to date" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `gantry plugins push`.
+async fn push(
+    file: &std::path::Path,
+    reference: &str,
+    registry: &RegistryArgs,
+) -> anyhow::Result<ExitCode> {
+    let r = crate::oci::Reference::parse(reference).map_err(anyhow::Error::msg)?;
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    crate::runtime::loader::check_header(&file.display().to_string(), &bytes)?;
+    let title = file
+        .file_name()
+        .map_or("plugin.wasm".into(), |n| n.to_string_lossy().into_owned());
+    let pushed = crate::oci::push::push(
+        &registry.client(&r)?,
+        &r,
+        &bytes,
+        &title,
+        &created_time(file),
+    )
+    .await?;
+    println!("{}@{}", r.named(), pushed.manifest_digest);
+    println!("component: {}", pushed.layer_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry plugins pull`: fetch, check and cache one plugin.
+async fn pull(
+    reference: &str,
+    registry: &RegistryArgs,
+    cache_dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let plugin = crate::oci::OciPlugin::new(reference, None, registry.insecure)
+        .map_err(anyhow::Error::msg)?;
+    let client = registry.client(&plugin.reference)?;
+    let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin).await?;
+    crate::runtime::loader::check_header(&plugin.written, &bytes)?;
+    crate::oci::store::Store::open(cache_dir).put(&pin.layer_digest, &bytes);
+    println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
+    println!("component: {}", pin.layer_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// When a pushed component was made: SOURCE_DATE_EPOCH when set (reproducible
+/// pushes), else the file's modification time.
+fn created_time(file: &std::path::Path) -> String {
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+    let at = epoch
+        .or_else(|| std::fs::metadata(file).and_then(|m| m.modified()).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// [`check_configs_with`], using and extending gantry.lock as `run` does.
 async fn check_configs(
     runtime: &Runtime,
     file: &ManifestFile,
     plan: &Plan,
     reporter: &dyn Reporter,
 ) -> Option<Plugins> {
+    check_configs_with(runtime, file, plan, reporter, LockMode::Update).await
+}
+
+/// Fetch the OCI plugins (as `mode` says), load every plugin and check each
+/// stage's `with` against the JSON Schema its plugin's describe() returns.
+/// Problems are printed; on success the loaded plugins, which the run then uses.
+async fn check_configs_with(
+    runtime: &Runtime,
+    file: &ManifestFile,
+    plan: &Plan,
+    reporter: &dyn Reporter,
+    mode: LockMode,
+) -> Option<Plugins> {
+    if let Err(errors) =
+        crate::oci::fetch::fetch_plan(plan, runtime.cache_root.as_deref(), mode, reporter).await
+    {
+        print_errors(&errors);
+        return None;
+    }
     let plugins = match load_plugins(runtime, plan, reporter) {
         Ok(p) => p,
         Err(errors) => {
@@ -900,6 +1194,8 @@ fn inspect_argument(source: &PluginSource) -> String {
     match source {
         PluginSource::Builtin(name) => name.to_string(),
         PluginSource::File(path) => path.display().to_string(),
+        PluginSource::Oci(oci) if oci.insecure => format!("{} --insecure", oci.written),
+        PluginSource::Oci(oci) => oci.written.clone(),
     }
 }
 

@@ -10,8 +10,8 @@
 //! and each plugin's digest, so that a resume runs only what the run started
 //! with.
 
-use serde::{Deserialize, Serialize};
 use crate::state_dir::PrivateDir;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -242,6 +242,9 @@ mod tests {
         assert_eq!(Journal::read(&dir).unwrap(), vec![started, finished]);
         assert!(run_dir(&runs, "../r1").unwrap().is_none());
         assert!(run_dir(&runs, "nope").unwrap().is_none());
-        assert!(Journal::create(&runs, "r1").is_err(), "a run directory is never reused");
+        assert!(
+            Journal::create(&runs, "r1").is_err(),
+            "a run directory is never reused"
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! - [`journal`] and [`state_dir`]: run records and plugin state, kept outside
 //!   every workspace; [`nofollow`]: how the host writes files without following
 //!   links.
+//! - [`oci`]: plugins pulled from OCI registries, `gantry.lock`, their cache.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`cli`]: the `gantry` command line.
 
@@ -25,6 +26,7 @@ mod fuzz;
 pub mod journal;
 pub mod manifest;
 pub mod nofollow;
+pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;

@@ -26,7 +26,8 @@ pub struct Manifest {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub workspace: Option<Spanned<String>>,
-    /// Aliases for plugins: `name: { path: ./my-stage.wasm }` or `name: { builtin: command }`.
+    /// Aliases for plugins: `name: { path: ./my-stage.wasm }`, `name: { builtin: command }`
+    /// or `name: { oci: registry/repo:tag, username-secret: u, password-secret: p }`.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, PluginRef>")]
     pub plugins: BTreeMap<String, Spanned<PluginRef>>,
@@ -125,9 +126,9 @@ pub struct StageOverlay {
     pub condition: Option<Spanned<String>>,
 }
 
-/// Where a plugin alias points.
+/// Where a plugin alias points: exactly one of `path`, `builtin` or `oci`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct PluginRef {
     /// A local `.wasm` component, relative to the manifest.
     #[serde(default)]
@@ -135,6 +136,23 @@ pub struct PluginRef {
     /// A plugin embedded in gantry.
     #[serde(default)]
     pub builtin: Option<String>,
+    /// A component in an OCI registry, in the CNCF Wasm artifact layout (what
+    /// `wkg oci push` and `gantry plugins push` write): `registry/repo:tag` or
+    /// `registry/repo@sha256:...`, with or without `oci://`. Pinned by digest in
+    /// `gantry.lock` next to the manifest.
+    #[serde(default)]
+    pub oci: Option<String>,
+    /// With `oci`: the secret (under `secrets:`) holding the registry user name.
+    /// Used for Basic auth, or at the registry's token service.
+    #[serde(default)]
+    pub username_secret: Option<String>,
+    /// With `oci`: the secret holding the registry password or token.
+    #[serde(default)]
+    pub password_secret: Option<String>,
+    /// With `oci`: plain HTTP instead of HTTPS. Only for a registry on this
+    /// machine (`localhost`, `127.0.0.0/8`, `[::1]`).
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Where a secret's value comes from.
@@ -154,8 +172,10 @@ pub struct Stage {
     /// Unique within the pipeline.
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    /// A built-in plugin name, an alias from `plugins:`, or a path to a `.wasm`
-    /// file. May be left to the environments, each choosing its provider.
+    /// A built-in plugin name, an alias from `plugins:`, a path to a `.wasm`
+    /// file, or an OCI reference `oci://registry/repo:tag` (or `@sha256:...`;
+    /// anonymous, over HTTPS; use an alias for credentials). May be left to the
+    /// environments, each choosing its provider.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub uses: Option<Spanned<String>>,

@@ -56,11 +56,19 @@ impl NoFollowDir {
     /// Walk from `root` down the relative path `rel` (plain components only),
     /// creating missing directories when `create`; any link on the way is
     /// refused.
-    pub fn open_beneath(root: &Path, rel: &Path, create: bool, modes: Modes) -> anyhow::Result<Self> {
-        let mut dir = Self::open(root, modes).with_context(|| format!("opening {}", root.display()))?;
+    pub fn open_beneath(
+        root: &Path,
+        rel: &Path,
+        create: bool,
+        modes: Modes,
+    ) -> anyhow::Result<Self> {
+        let mut dir =
+            Self::open(root, modes).with_context(|| format!("opening {}", root.display()))?;
         for c in rel.components() {
             let name = match c {
-                std::path::Component::Normal(n) => n.to_str().context("a path that is not UTF-8")?,
+                std::path::Component::Normal(n) => {
+                    n.to_str().context("a path that is not UTF-8")?
+                }
                 std::path::Component::CurDir => continue,
                 _ => anyhow::bail!("`{}` is not a plain relative path", rel.display()),
             };
@@ -180,9 +188,7 @@ impl NoFollowDir {
                 Ok(Some(bytes))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => {
-                Err(e).with_context(|| format!("reading {}", self.path.join(name).display()))
-            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.join(name).display())),
         }
     }
 
@@ -318,6 +324,9 @@ mod tests {
         top.remove_all("a").unwrap();
         top.remove_all("link").unwrap();
         assert!(!root.path().join("a").exists() && !root.path().join("link").exists());
-        assert!(outside.path().join("keep").exists(), "what links pointed to is untouched");
+        assert!(
+            outside.path().join("keep").exists(),
+            "what links pointed to is untouched"
+        );
     }
 }

@@ -113,6 +113,9 @@ pub fn load_plugins(
         .map(|u| (u, WorldKind::Stage))
         .chain(plan.sinks.iter().map(|u| (u, WorldKind::Sink)));
     // Several stages often use one plugin: read, hash and check it once.
+    // An OCI source's bytes sit behind a OnceLock, but it hashes and compares
+    // by reference and access only, so the key never changes.
+    #[allow(clippy::mutable_key_type)]
     let mut by_source: HashMap<&PluginSource, Result<Arc<Plugin>, String>> = HashMap::new();
     for (unit, want) in units {
         let loaded = by_source.entry(&unit.source).or_insert_with(|| {
@@ -397,13 +400,19 @@ impl Pipeline<'_> {
         for line in resume.describe() {
             self.reporter.note(&line);
         }
-        let execs = self.plan.stages.iter().any(|u| !u.grants.exec.programs.is_empty());
+        let execs = self
+            .plan
+            .stages
+            .iter()
+            .any(|u| !u.grants.exec.programs.is_empty());
         if execs {
             let how = crate::sandbox::Support::get().describe();
             if crate::sandbox::unconfined_opted_in() {
-                self.reporter.note(&format!("warning: exec'd programs run {how}"));
+                self.reporter
+                    .note(&format!("warning: exec'd programs run {how}"));
             } else {
-                self.reporter.debug(&format!("exec'd programs run confined: {how}"));
+                self.reporter
+                    .debug(&format!("exec'd programs run confined: {how}"));
             }
         }
         // Programs of a stage cut off by a crash die with their host (their
@@ -900,7 +909,7 @@ pub fn resolve(
     })
 }
 
-fn manifest_dir(manifest: &Path) -> std::path::PathBuf {
+pub(crate) fn manifest_dir(manifest: &Path) -> std::path::PathBuf {
     match manifest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => ".".into(),

@@ -525,7 +525,7 @@ fn plan_unit(
     defined_secrets: &BTreeSet<String>,
     errors: &mut Vec<ManifestError>,
 ) -> Option<Unit> {
-    let source = resolve_uses(file, field, uses, errors);
+    let source = resolve_uses(file, field, uses, defined_secrets, errors);
     let grants = Grants::configure(file, field, eff.permissions, defined_secrets, errors);
     let mut limits = resolve_limits(file, field, eff.limits, errors);
     if let Some(t) = eff.timeout {
@@ -584,26 +584,79 @@ fn plan_unit(
     })
 }
 
-/// `uses:` → an alias from `plugins:`, a `.wasm` path, or a built-in name.
+/// `uses:` → an alias from `plugins:`, an `oci://` reference, a `.wasm` path,
+/// or a built-in name.
 fn resolve_uses(
     file: &ManifestFile,
     field: &str,
     uses: &Spanned<String>,
+    defined_secrets: &BTreeSet<String>,
     errors: &mut Vec<ManifestError>,
 ) -> Option<PluginSource> {
     let field = format!("{field}.uses");
     let dir = file.dir();
-    let source = if let Some(alias) = file.manifest.plugins.get(&uses.value) {
-        match (&alias.value.path, &alias.value.builtin) {
-            (Some(path), None) => Some(PluginSource::File(dir.join(path))),
-            (None, Some(name)) => {
-                PluginSource::parse(name, &dir).filter(|s| matches!(s, PluginSource::Builtin(_)))
+    let parsed = if let Some(alias) = file.manifest.plugins.get(&uses.value) {
+        let a = &alias.value;
+        let alias_field = format!("plugins.{}", uses.value);
+        let alias_error = |message: String, help: Option<String>| {
+            file.error(&alias.referenced, &alias_field, message, help)
+        };
+        let oci_only = a.username_secret.is_some() || a.password_secret.is_some() || a.insecure;
+        match (&a.path, &a.builtin, &a.oci) {
+            (Some(_), None, None) | (None, Some(_), None) if oci_only => {
+                errors.push(alias_error(
+                    "`username-secret`, `password-secret` and `insecure` only go with `oci`".into(),
+                    None,
+                ));
+                return None;
+            }
+            (Some(path), None, None) => Some(Ok(PluginSource::File(dir.join(path)))),
+            (None, Some(name), None) => PluginSource::parse(name, &dir)
+                .filter(|s| matches!(s, Ok(PluginSource::Builtin(_)))),
+            (None, None, Some(reference)) => {
+                let auth = match (&a.username_secret, &a.password_secret) {
+                    (Some(u), Some(p)) => {
+                        for name in [u, p] {
+                            if !defined_secrets.contains(name) {
+                                errors.push(alias_error(
+                                    format!("secret `{name}` is not defined"),
+                                    Some(format!("define it under `secrets:`: `{name}: {{ env: SOME_VARIABLE }}`")),
+                                ));
+                            }
+                        }
+                        Some(crate::oci::SecretAuth {
+                            username_secret: u.clone(),
+                            password_secret: p.clone(),
+                        })
+                    }
+                    (None, None) => None,
+                    _ => {
+                        errors.push(alias_error(
+                            "give both `username-secret` and `password-secret`, or neither (anonymous)".into(),
+                            None,
+                        ));
+                        return None;
+                    }
+                };
+                let plugin = crate::oci::OciPlugin::new(reference, auth, a.insecure);
+                if let Ok(p) = &plugin
+                    && a.insecure
+                    && !p.reference.is_loopback()
+                {
+                    errors.push(alias_error(
+                        format!(
+                            "`insecure` (plain HTTP) is only allowed for a registry on this machine, not `{}`",
+                            p.reference.registry
+                        ),
+                        Some("remove `insecure`: the registry is reached over HTTPS".into()),
+                    ));
+                    return None;
+                }
+                Some(plugin.map(|p| PluginSource::Oci(std::sync::Arc::new(p))))
             }
             _ => {
-                errors.push(file.error(
-                    &alias.referenced,
-                    &format!("plugins.{}", uses.value),
-                    "a plugin alias needs exactly one of `path` or `builtin`",
+                errors.push(alias_error(
+                    "a plugin alias needs exactly one of `path`, `builtin` or `oci`".into(),
                     None,
                 ));
                 return None;
@@ -611,6 +664,14 @@ fn resolve_uses(
         }
     } else {
         PluginSource::parse(&uses.value, &dir)
+    };
+    let source = match parsed {
+        Some(Err(e)) => {
+            errors.push(file.error(&uses.referenced, &field, e, None));
+            return None;
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
     };
     match source {
         Some(PluginSource::File(path)) if !path.is_file() => {
@@ -746,6 +807,40 @@ fn resolve_workspace(file: &ManifestFile, errors: &mut Vec<ManifestError>) -> Op
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn plan_errors(yaml: &str) -> String {
+        let file = ManifestFile::parse(std::path::Path::new("pipeline.yaml"), yaml.into()).unwrap();
+        match Plan::new(&file, None) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn oci_aliases_are_checked() {
+        let with = |alias: &str| {
+            plan_errors(&format!(
+                "pipeline: p\nsecrets: {{ u: {{ env: U }} }}\nplugins:\n  x: {{ {alias} }}\nstages:\n  - {{ name: a, uses: x }}\n"
+            ))
+        };
+        assert_eq!(with("oci: \"127.0.0.1:5000/p/x:1\", insecure: true"), "");
+        assert!(with("oci: ghcr.io/p/x:1, insecure: true").contains(
+            "`insecure` (plain HTTP) is only allowed for a registry on this machine, not `ghcr.io`"
+        ));
+        assert!(with("oci: ghcr.io/p/x:1, username-secret: u").contains("give both"));
+        assert!(
+            with("oci: ghcr.io/p/x:1, username-secret: u, password-secret: p")
+                .contains("secret `p` is not defined")
+        );
+        assert!(with("builtin: command, insecure: true").contains("only go with `oci`"));
+        assert!(with("oci: p/x:1").contains("does not start with a registry host"));
+        let direct =
+            plan_errors("pipeline: p\nstages:\n  - { name: a, uses: \"oci://ghcr.io/P\" }\n");
+        assert!(
+            direct.contains("stages[0].uses: `P` in `oci://ghcr.io/P` is not a repository name"),
+            "{direct}"
+        );
+    }
 
     #[test]
     fn overlays_merge_objects_and_replace_the_rest() {

@@ -1,10 +1,12 @@
 //! Where plugin bytes come from: built-in plugins compiled from `plugins/` when
-//! gantry is built and embedded in the binary, or local `.wasm` files.
+//! gantry is built and embedded in the binary, local `.wasm` files, or OCI
+//! registries (`oci://...`, fetched and verified by [`crate::oci`] first).
 
 use crate::runtime::loader::LoadError;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A plugin embedded in the gantry binary.
 pub struct Builtin {
@@ -26,6 +28,8 @@ pub fn builtin(name: &str) -> Option<&'static Builtin> {
 pub enum PluginSource {
     Builtin(&'static str),
     File(PathBuf),
+    /// Pulled from a registry; its bytes are set once fetched and verified.
+    Oci(Arc<crate::oci::OciPlugin>),
 }
 
 impl PluginSource {
@@ -34,6 +38,7 @@ impl PluginSource {
         match self {
             PluginSource::Builtin(name) => format!("builtin:{name}"),
             PluginSource::File(path) => path.display().to_string(),
+            PluginSource::Oci(p) => p.written.clone(),
         }
     }
 
@@ -54,16 +59,31 @@ impl PluginSource {
                 })?;
                 Ok(PluginBytes::new(self.label(), Cow::Owned(bytes)))
             }
+            // The digest of these bytes is the layer digest the lock pins.
+            PluginSource::Oci(p) => match p.bytes.get() {
+                Some(bytes) => Ok(PluginBytes::new(self.label(), Cow::Owned(bytes.to_vec()))),
+                None => Err(LoadError::Read {
+                    label: self.label(),
+                    reason: "it was not pulled".into(),
+                }),
+            },
         }
     }
 
-    /// Resolve a `uses:` value: a path (contains `/` or ends in `.wasm`, relative
-    /// to `base`), else a built-in name. Aliases are resolved by the caller.
-    pub fn parse(uses: &str, base: &Path) -> Option<Self> {
-        if uses.contains('/') || uses.ends_with(".wasm") {
-            return Some(PluginSource::File(base.join(uses)));
+    /// Resolve a `uses:` value: an `oci://` reference (anonymous, HTTPS), a
+    /// path (contains `/` or ends in `.wasm`, relative to `base`), else a
+    /// built-in name. Aliases are resolved by the caller.
+    pub fn parse(uses: &str, base: &Path) -> Option<Result<Self, String>> {
+        if uses.starts_with(crate::oci::reference::SCHEME) {
+            return Some(
+                crate::oci::OciPlugin::new(uses, None, false)
+                    .map(|p| PluginSource::Oci(Arc::new(p))),
+            );
         }
-        builtin(uses).map(|b| PluginSource::Builtin(b.name))
+        if uses.contains('/') || uses.ends_with(".wasm") {
+            return Some(Ok(PluginSource::File(base.join(uses))));
+        }
+        builtin(uses).map(|b| Ok(PluginSource::Builtin(b.name)))
     }
 }
 

@@ -196,10 +196,7 @@ pub fn logs(dir: &crate::state_dir::PrivateDir, stage: Option<&str>) -> anyhow::
     for name in names {
         let file = format!("{name}.log");
         let bytes = logs.read(&file)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "no log for stage `{name}` in {}",
-                logs.path().display()
-            )
+            anyhow::anyhow!("no log for stage `{name}` in {}", logs.path().display())
         })?;
         let text = String::from_utf8_lossy(&bytes);
         if stage.is_none() {

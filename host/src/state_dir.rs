@@ -64,7 +64,11 @@ pub fn workspace_key(canonical: &Path) -> String {
         .take(40)
         .collect();
     let name = name.trim_start_matches('.');
-    format!("{}-{}", if name.is_empty() { "ws" } else { name }, &hash[..16])
+    format!(
+        "{}-{}",
+        if name.is_empty() { "ws" } else { name },
+        &hash[..16]
+    )
 }
 
 /// The state of one workspace.
@@ -234,7 +238,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("x");
         std::os::unix::fs::symlink(&target, t.path().join("summary.json")).unwrap();
-        assert!(d.write_atomic("summary.json", b"{}").is_ok(), "the link is replaced");
+        assert!(
+            d.write_atomic("summary.json", b"{}").is_ok(),
+            "the link is replaced"
+        );
         assert!(!target.exists(), "nothing written through the link");
         assert!(
             !std::fs::symlink_metadata(t.path().join("summary.json"))
@@ -259,8 +266,11 @@ mod tests {
         let mode = std::fs::metadata(sub.path()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::create_dir(t.path().join("open")).unwrap();
-        std::fs::set_permissions(t.path().join("open"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            t.path().join("open"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let err = d.subdir("open", false).unwrap_err().to_string();
         assert!(err.contains("chmod 700"), "{err}");
         assert!(d.subdir("missing", false).unwrap().is_none());

@@ -4,6 +4,7 @@
 
 pub mod appinsights;
 pub mod kube;
+pub mod registry_auth;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -143,6 +144,8 @@ pub struct Workspace {
     state: tempfile::TempDir,
     cache: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// A cache directory of its own, removed with the workspace.
+    own_cache: Option<tempfile::TempDir>,
 }
 
 impl Default for Workspace {
@@ -158,7 +161,22 @@ impl Workspace {
             state: tempfile::tempdir().unwrap(),
             cache: Some(shared_cache().to_path_buf()),
             env: vec![],
+            own_cache: None,
         }
+    }
+
+    /// Use a fresh cache directory of its own (compiled components and
+    /// pulled plugins), removed with the workspace.
+    pub fn with_fresh_cache(mut self) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        self.cache = Some(dir.path().to_path_buf());
+        self.own_cache = Some(dir);
+        self
+    }
+
+    /// The cache directory gantry is given, if any.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_deref()
     }
 
     /// Use this compile cache directory instead of the shared one.
@@ -205,7 +223,14 @@ impl Workspace {
     /// plugins.
     pub fn manifest(&self, yaml: &str) -> PathBuf {
         let mut text = yaml.to_string();
-        for name in ["hostile", "noop", "echo", "future-wit", "describe-loop", "legacy"] {
+        for name in [
+            "hostile",
+            "noop",
+            "echo",
+            "future-wit",
+            "describe-loop",
+            "legacy",
+        ] {
             text = text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string());
         }
         self.write("pipeline.yaml", text)
@@ -332,8 +357,27 @@ impl Registry {
         Self::start_in(dir, &auth)
     }
 
-    /// Start with `auth` as the `auth:` section of the registry's config (YAML,
-    /// including the `auth:` key); the registry keeps its data in `dir`.
+    /// A registry serving HTTPS with a fresh self-signed certificate for
+    /// 127.0.0.1, and that certificate's PEM file (trust it with
+    /// `SSL_CERT_FILE`).
+    pub fn start_tls() -> (Self, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("generate the registry's certificate");
+        let (cert, private) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, key.cert.pem()).unwrap();
+        std::fs::write(&private, key.signing_key.serialize_pem()).unwrap();
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            private.display()
+        );
+        (Self::start_in(dir, &tls), cert)
+    }
+
+    /// Start with `auth` appended to the registry's config (YAML) right after
+    /// `http:`'s `addr`: a top-level `auth:` section, or more `http:` keys
+    /// (indented, e.g. `tls:`); the registry keeps its data in `dir`.
     pub fn start_in(dir: tempfile::TempDir, auth: &str) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -367,6 +411,20 @@ impl Registry {
             child,
             _dir: dir,
         }
+    }
+}
+
+impl Registry {
+    /// Where the registry stores blob `digest` (`sha256:...`) on disk: tests
+    /// tamper with it to play a compromised registry.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 }
 

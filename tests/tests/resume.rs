@@ -233,7 +233,10 @@ fn resume_refuses_a_changed_manifest_and_a_finished_run() {
 fn unfinish(ws: &Workspace) -> String {
     let journal = ws.only_journal().expect("one run");
     let text = std::fs::read_to_string(&journal).unwrap();
-    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("run-finished")).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("run-finished"))
+        .collect();
     std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
     run_id(&journal)
 }
@@ -241,28 +244,53 @@ fn unfinish(ws: &Workspace) -> String {
 #[test]
 fn resume_refuses_when_a_plugin_changed_and_says_how_to_start_fresh() {
     let ws = Workspace::new();
-    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("echo")).unwrap());
-    ws.manifest("pipeline: p\nstages:\n  - name: a\n    uses: plug.wasm\n    with: { message: hi }\n");
+    ws.write(
+        "plug.wasm",
+        std::fs::read(gantry_e2e::plugin("echo")).unwrap(),
+    );
+    ws.manifest(
+        "pipeline: p\nstages:\n  - name: a\n    uses: plug.wasm\n    with: { message: hi }\n",
+    );
     assert_eq!(ws.run().code, Some(0));
     let recs = records(&ws.only_journal().unwrap());
-    let digest = recs[0]["plugins"][0]["digest"].as_str().unwrap().to_string();
+    let digest = recs[0]["plugins"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(digest.starts_with("sha256:"), "{recs:?}");
-    assert_eq!(recs[1]["plugin_digest"], digest.as_str(), "each stage records its plugin");
+    assert_eq!(
+        recs[1]["plugin_digest"],
+        digest.as_str(),
+        "each stage records its plugin"
+    );
     let id = unfinish(&ws);
     // Same manifest, other code behind the same path (a stage with
     // `workspace: write` could do this).
-    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("noop")).unwrap());
+    ws.write(
+        "plug.wasm",
+        std::fs::read(gantry_e2e::plugin("noop")).unwrap(),
+    );
     let out = ws.gantry(&["resume", &id]);
     assert_eq!(out.code, Some(2), "{}", out.all());
     assert!(
-        out.stderr.contains("the plugin of `a` (plug.wasm) changed: ")
-            && out.stderr.contains(&format!("{digest} when the run started")),
+        out.stderr
+            .contains("the plugin of `a` (plug.wasm) changed: ")
+            && out
+                .stderr
+                .contains(&format!("{digest} when the run started")),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("start a new run with `gantry run "), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("start a new run with `gantry run "),
+        "{}",
+        out.stderr
+    );
     // Put it back and the same run resumes.
-    ws.write("plug.wasm", std::fs::read(gantry_e2e::plugin("echo")).unwrap());
+    ws.write(
+        "plug.wasm",
+        std::fs::read(gantry_e2e::plugin("echo")).unwrap(),
+    );
     let out = ws.gantry(&["resume", &id]);
     assert_eq!(out.code, Some(0), "{}", out.all());
 }
@@ -278,7 +306,11 @@ fn a_stage_that_rewrites_the_manifest_cannot_widen_its_grants_on_resume() {
     let id = unfinish(&ws);
     let out = ws.gantry(&["resume", &id]);
     assert_eq!(out.code, Some(2), "{}", out.all());
-    assert!(out.stderr.contains("changed (or is gone) since run"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("changed (or is gone) since run"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A stage that forges a journal where runs used to be kept (with a planted
@@ -321,7 +353,9 @@ stages:
     let id = run_id(&journal);
     let planted = ws.path().join(format!(".gantry/runs/{id}/journal.jsonl"));
     assert!(
-        std::fs::read_to_string(&planted).unwrap().contains("FORGED"),
+        std::fs::read_to_string(&planted)
+            .unwrap()
+            .contains("FORGED"),
         "the forger planted its journal"
     );
     let out = ws.gantry(&["resume", &id, "--output", "json"]);
@@ -329,5 +363,9 @@ stages:
     assert_eq!(out.outputs("last")["message"], "genuine", "{}", out.stdout);
     assert_eq!(runs_of(&ws, "last"), 1, "the later stage really ran");
     assert_eq!(runs_of(&ws, "evil"), 0, "the planted manifest never ran");
-    assert!(!std::fs::read_to_string(&journal).unwrap().contains("FORGED"));
+    assert!(
+        !std::fs::read_to_string(&journal)
+            .unwrap()
+            .contains("FORGED")
+    );
 }

@@ -711,7 +711,11 @@ fn exec_stage(program: &str, args: &[&str], env: &str, permissions: &str, extra:
 fn marker(what: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!("gantry-test-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "gantry-test-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Pids of the processes whose command line holds `marker`.
@@ -719,12 +723,18 @@ fn processes_with(marker: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             // Zombies have an empty command line; they hold nothing.
-            cmd.contains(marker).then(|| format!("{} {cmd}", e.file_name().to_string_lossy()))
+            cmd.contains(marker)
+                .then(|| format!("{} {cmd}", e.file_name().to_string_lossy()))
         })
         .collect()
 }
@@ -733,7 +743,10 @@ fn processes_with(marker: &str) -> Vec<String> {
 fn wait_for_process(marker: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while processes_with(marker).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no process `{marker}` started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process `{marker}` started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -798,14 +811,35 @@ cat /proc/*/environ; true"#;
     // gantry was not stopped: it finished, and so did the benign stage.
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(all.contains("✔ benign"), "{all}");
-    assert!(all.contains(&format!("attacking gantry {}", std::fs::read_to_string(ws.path().join("gantry.pid")).unwrap())), "{all}");
-    for line in ["environ refused", "cmdline refused", "mem refused", "kill refused", "signal refused"] {
+    assert!(
+        all.contains(&format!(
+            "attacking gantry {}",
+            std::fs::read_to_string(ws.path().join("gantry.pid")).unwrap()
+        )),
+        "{all}"
+    );
+    for line in [
+        "environ refused",
+        "cmdline refused",
+        "mem refused",
+        "kill refused",
+        "signal refused",
+    ] {
         assert!(all.contains(line), "expected `{line}`:\n{all}");
     }
-    for bad in ["READ-ENVIRON", "READ-CMDLINE", "READ-MEM", "STOPPED", "SIGNALLED"] {
+    for bad in [
+        "READ-ENVIRON",
+        "READ-CMDLINE",
+        "READ-MEM",
+        "STOPPED",
+        "SIGNALLED",
+    ] {
         assert!(!all.contains(bad), "`{bad}`:\n{all}");
     }
-    assert!(!all.contains(&secret), "gantry's environment leaked:\n{all}");
+    assert!(
+        !all.contains(&secret),
+        "gantry's environment leaked:\n{all}"
+    );
 }
 
 #[test]
@@ -813,17 +847,36 @@ fn exec_cannot_write_outside_the_workspace_or_a_read_only_one() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("pwned.txt");
     let ws = Workspace::new();
-    let script = format!("touch {} ; touch pwned.txt ; touch $TMPDIR/scratch && echo tmp-ok", target.display());
-    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", ""));
+    let script = format!(
+        "touch {} ; touch pwned.txt ; touch $TMPDIR/scratch && echo tmp-ok",
+        target.display()
+    );
+    let out = contain(
+        &ws,
+        &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", ""),
+    );
     assert!(out.succeeded("evil"), "{}", out.all());
     assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
-    assert!(out.stdout.contains("tmp-ok"), "the private TMPDIR is writable: {}", out.stdout);
+    assert!(
+        out.stdout.contains("tmp-ok"),
+        "the private TMPDIR is writable: {}",
+        out.stdout
+    );
     assert!(!target.exists(), "wrote outside the workspace");
-    assert!(!ws.path().join("pwned.txt").exists(), "wrote a read-only workspace");
+    assert!(
+        !ws.path().join("pwned.txt").exists(),
+        "wrote a read-only workspace"
+    );
     // With `workspace: write` the workspace is writable, outside still is not.
     let out = contain(
         &ws,
-        &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh], workspace: write }", ""),
+        &exec_stage(
+            "sh",
+            &["-c", &script],
+            "{}",
+            "{ exec: [sh], workspace: write }",
+            "",
+        ),
     );
     assert!(out.succeeded("evil"), "{}", out.all());
     assert!(ws.path().join("pwned.txt").exists(), "{}", out.all());
@@ -838,15 +891,24 @@ fn exec_reads_only_granted_paths_outside_the_workspace() {
     let out = contain(&ws, &exec_stage("sh", &args, "{}", "{ exec: [sh] }", ""));
     assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
     assert!(!out.all().contains("TOP-SECRET-OUTSIDE"));
-    let granted = format!("{{ exec: [sh], exec-read: [\"{}\"] }}", dir.path().display());
+    let granted = format!(
+        "{{ exec: [sh], exec-read: [\"{}\"] }}",
+        dir.path().display()
+    );
     let out = contain(&ws, &exec_stage("sh", &args, "{}", &granted, ""));
     assert!(out.succeeded("evil"), "{}", out.all());
     assert!(out.stdout.contains("TOP-SECRET-OUTSIDE"), "{}", out.stdout);
     // Writing it takes `exec-write`.
     let write = ["-c", &format!("echo changed > {}", file.display())];
     contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "TOP-SECRET-OUTSIDE");
-    let granted = format!("{{ exec: [sh], exec-write: [\"{}\"] }}", dir.path().display());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "TOP-SECRET-OUTSIDE"
+    );
+    let granted = format!(
+        "{{ exec: [sh], exec-write: [\"{}\"] }}",
+        dir.path().display()
+    );
     let out = contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
     assert!(out.succeeded("evil"), "{}", out.all());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "changed\n");
@@ -860,13 +922,22 @@ fn exec_has_no_network_unless_granted() {
         "exec 3<>/dev/tcp/127.0.0.1/{} && echo CONNECTED || echo connect-refused",
         server.port
     );
-    let out = contain(&ws, &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash] }", ""));
+    let out = contain(
+        &ws,
+        &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash] }", ""),
+    );
     assert!(out.stdout.contains("connect-refused"), "{}", out.stdout);
     assert!(!out.stdout.contains("CONNECTED"), "{}", out.stdout);
     assert_eq!(server.hits(), 0, "no connection may be made");
     let out = contain(
         &ws,
-        &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash], exec-network: true }", ""),
+        &exec_stage(
+            "bash",
+            &["-c", &script],
+            "{}",
+            "{ exec: [bash], exec-network: true }",
+            "",
+        ),
     );
     assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
     assert_eq!(server.hits(), 1);
@@ -876,16 +947,30 @@ fn exec_has_no_network_unless_granted() {
 fn exec_refuses_variables_that_change_how_programs_are_loaded() {
     let ws = Workspace::new();
     ws.write("evil.so", "not really a library");
-    for (var, value) in [("LD_PRELOAD", "./evil.so"), ("GCONV_PATH", "."), ("TMPDIR", "/tmp")] {
+    for (var, value) in [
+        ("LD_PRELOAD", "./evil.so"),
+        ("GCONV_PATH", "."),
+        ("TMPDIR", "/tmp"),
+    ] {
         let out = contain(
             &ws,
-            &exec_stage("true", &[], &format!("{{ {var}: \"{value}\" }}"), "{ exec: [\"true\"] }", ""),
+            &exec_stage(
+                "true",
+                &[],
+                &format!("{{ {var}: \"{value}\" }}"),
+                "{ exec: [\"true\"] }",
+                "",
+            ),
         );
         let expected = format!(
             "stage `evil` is not allowed to pass `{var}` to `true`: variables that change how programs are loaded"
         );
         failed_with(&out, "denied", &expected);
-        assert!(out.stdout.contains(&format!("denied: {expected}")), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!("denied: {expected}")),
+            "{}",
+            out.stdout
+        );
     }
 }
 
@@ -897,8 +982,21 @@ fn exec_skips_relative_path_entries() {
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:.:", std::env::var("PATH").unwrap());
     let ws = ws.env("PATH", &path);
-    let out = contain(&ws, &exec_stage("gantry-planted", &[], "{}", "{ exec: [gantry-planted] }", ""));
-    failed_with(&out, "failed", "`gantry-planted` is granted but not found on the host's PATH");
+    let out = contain(
+        &ws,
+        &exec_stage(
+            "gantry-planted",
+            &[],
+            "{}",
+            "{ exec: [gantry-planted] }",
+            "",
+        ),
+    );
+    failed_with(
+        &out,
+        "failed",
+        "`gantry-planted` is granted but not found on the host's PATH",
+    );
     assert!(!out.stdout.contains("PLANTED-RAN"), "{}", out.stdout);
 }
 
@@ -911,7 +1009,13 @@ fn a_fork_bomb_is_capped_by_the_process_limit() {
     );
     let out = contain(
         &ws,
-        &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "    limits: { processes: 40 }\n    timeout: 20s\n"),
+        &exec_stage(
+            "sh",
+            &["-c", &script],
+            "{}",
+            "{ exec: [sh] }",
+            "    limits: { processes: 40 }\n    timeout: 20s\n",
+        ),
     );
     let all = out.all();
     assert!(
@@ -926,8 +1030,18 @@ fn nothing_an_exec_started_outlives_it() {
     let ws = Workspace::new();
     let (a, b) = (marker("setsid"), marker("double-fork"));
     // A new session holding the output pipe, and a double fork.
-    let script = format!("setsid sh -c 'sleep 600; :' {a} & (sh -c 'sleep 600; :' {b} &) ; echo started");
-    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh, setsid] }", "    timeout: 300s\n"));
+    let script =
+        format!("setsid sh -c 'sleep 600; :' {a} & (sh -c 'sleep 600; :' {b} &) ; echo started");
+    let out = contain(
+        &ws,
+        &exec_stage(
+            "sh",
+            &["-c", &script],
+            "{}",
+            "{ exec: [sh, setsid] }",
+            "    timeout: 300s\n",
+        ),
+    );
     // It finished (rather than waiting for the sleeps' pipe to close at the timeout).
     assert!(out.succeeded("evil"), "{}", out.all());
     assert!(out.stdout.contains("started"), "{}", out.stdout);
@@ -940,7 +1054,16 @@ fn a_stage_killed_by_its_timeout_leaves_nothing() {
     let ws = Workspace::new();
     let mark = marker("timeout");
     let script = format!("setsid sh -c 'sleep 600; :' {mark} & sh -c 'sleep 600; :' {mark}");
-    let out = contain(&ws, &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "    timeout: 2s\n"));
+    let out = contain(
+        &ws,
+        &exec_stage(
+            "sh",
+            &["-c", &script],
+            "{}",
+            "{ exec: [sh] }",
+            "    timeout: 2s\n",
+        ),
+    );
     failed_with(&out, "timeout", "did not finish within its timeout of 2s");
     assert_eq!(left_behind(&mark), Vec::<String>::new());
 }
@@ -948,7 +1071,8 @@ fn a_stage_killed_by_its_timeout_leaves_nothing() {
 /// A run whose one stage execs a long sleep (until `go` exists in the
 /// workspace) marked with `mark`, started in the background.
 fn start_sleeper(ws: &Workspace, mark: &str) -> std::process::Child {
-    let script = format!("test -e go || setsid sh -c 'sleep 600; :' {mark}; test -e go || sleep 600");
+    let script =
+        format!("test -e go || setsid sh -c 'sleep 600; :' {mark}; test -e go || sleep 600");
     ws.manifest(&format!(
         "pipeline: p\nstages:\n{}  - name: benign\n    uses: \"{{noop}}\"\n",
         exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", "")
@@ -967,10 +1091,21 @@ fn start_sleeper(ws: &Workspace, mark: &str) -> std::process::Child {
 fn resume_succeeds(ws: &Workspace) {
     ws.write("go", "");
     let journal = ws.only_journal().unwrap();
-    let run_id = journal.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let run_id = journal
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let out = ws.gantry(&["resume", &run_id]);
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert!(out.succeeded("evil") && out.succeeded("benign"), "{}", out.all());
+    assert!(
+        out.succeeded("evil") && out.succeeded("benign"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]
@@ -1020,12 +1155,21 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
         "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
         socket.display()
     );
-    let out = contain(&ws, &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""));
+    let out = contain(
+        &ws,
+        &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""),
+    );
     assert!(out.stdout.contains("unix socket refused"), "{}", out.all());
     assert!(listener.accept().is_err(), "no connection may be made");
     let out = contain(
         &ws,
-        &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3], exec-network: true }", ""),
+        &exec_stage(
+            "python3",
+            &["-c", &script],
+            "{}",
+            "{ exec: [python3], exec-network: true }",
+            "",
+        ),
     );
     assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
 }
@@ -1037,7 +1181,13 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
 #[test]
 fn links_planted_where_host_records_were_lead_nowhere() {
     let outside = tempfile::tempdir().unwrap();
-    let name = outside.path().file_name().unwrap().to_str().unwrap().to_string();
+    let name = outside
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let ws = Workspace::new();
     // `.gantry/runs/<id>/x` is four levels below the workspace's parent.
     let run = ".gantry/runs/${{ run.id }}";
@@ -1056,7 +1206,11 @@ fn links_planted_where_host_records_were_lead_nowhere() {
             args.join(", ")
         ),
     );
-    assert!(out.stage_line("evil").contains("planted 5 link(s)"), "{}", out.all());
+    assert!(
+        out.stage_line("evil").contains("planted 5 link(s)"),
+        "{}",
+        out.all()
+    );
     assert!(
         std::fs::symlink_metadata(ws.path().join(".gantry/deploy/app.json"))
             .unwrap()
@@ -1065,10 +1219,18 @@ fn links_planted_where_host_records_were_lead_nowhere() {
         "the links were planted"
     );
     let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
-    assert!(written.is_empty(), "gantry wrote outside the workspace: {written:?}");
+    assert!(
+        written.is_empty(),
+        "gantry wrote outside the workspace: {written:?}"
+    );
     // The run's records are where the host keeps them, as regular files.
     let runs = ws.runs_dir().unwrap();
-    let run_dir = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    let run_dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     for file in ["summary.json", "journal.jsonl", "logs/benign.log"] {
         let meta = std::fs::symlink_metadata(run_dir.join(file)).unwrap();
         assert!(meta.file_type().is_file(), "{file}");
@@ -1096,7 +1258,12 @@ fn a_run_forged_in_the_workspace_is_not_a_run() {
     ws.write(".gantry/runs/1-forged/logs/a.log", "1 forged log\n");
     let runs = ws.gantry(&["runs"]);
     assert_eq!(runs.code, Some(0), "{}", runs.all());
-    assert_eq!(runs.stdout.lines().count(), 1, "only the real run: {}", runs.stdout);
+    assert_eq!(
+        runs.stdout.lines().count(),
+        1,
+        "only the real run: {}",
+        runs.stdout
+    );
     assert!(!runs.stdout.contains("1-forged"), "{}", runs.stdout);
     for args in [["resume", "1-forged"], ["logs", "1-forged"]] {
         let out = ws.gantry(&args);

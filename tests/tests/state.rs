@@ -13,7 +13,11 @@ fn hostile(ws: &Workspace, attack: &str, target: &str, args: &[&str], perms: &st
         args.join(", ")
     ));
     let out = ws.run();
-    assert!(out.succeeded("benign"), "the benign stage must still succeed:\n{}", out.all());
+    assert!(
+        out.succeeded("benign"),
+        "the benign stage must still succeed:\n{}",
+        out.all()
+    );
     out
 }
 
@@ -25,7 +29,11 @@ fn ok_line(out: &Output) -> &str {
 
 fn denied_line(out: &Output) -> &str {
     let line = out.stage_line("evil");
-    assert!(line.starts_with("✘ evil") && line.contains("): denied: "), "{}", out.all());
+    assert!(
+        line.starts_with("✘ evil") && line.contains("): denied: "),
+        "{}",
+        out.all()
+    );
     assert_eq!(out.code, Some(1));
     line
 }
@@ -36,7 +44,11 @@ fn granted_state_persists_across_runs_and_gantry_state_shows_it() {
     let grant = "state: [app/]";
     ok_line(&hostile(&ws, "state-set", "app/slot", &["blue"], grant));
     let out = hostile(&ws, "state-get", "app/slot", &[], grant);
-    assert!(ok_line(&out).contains("state app/slot = blue"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("state app/slot = blue"),
+        "{}",
+        out.all()
+    );
 
     let list = ws.gantry(&["state", "list"]);
     assert_eq!(list.code, Some(0), "{}", list.all());
@@ -46,27 +58,57 @@ fn granted_state_persists_across_runs_and_gantry_state_shows_it() {
 
     // Compare-and-set only from the value it expects.
     let out = hostile(&ws, "state-cas", "app/slot", &["green", "red"], grant);
-    assert!(ok_line(&out).contains("compare-and-set app/slot: false"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("compare-and-set app/slot: false"),
+        "{}",
+        out.all()
+    );
     let out = hostile(&ws, "state-cas", "app/slot", &["blue", "green"], grant);
-    assert!(ok_line(&out).contains("compare-and-set app/slot: true"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("compare-and-set app/slot: true"),
+        "{}",
+        out.all()
+    );
     let out = hostile(&ws, "state-cas", "app/new", &["-", "one"], grant);
-    assert!(ok_line(&out).contains("compare-and-set app/new: true"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("compare-and-set app/new: true"),
+        "{}",
+        out.all()
+    );
     let out = hostile(&ws, "state-list", "app/", &[], grant);
-    assert!(ok_line(&out).contains("keys: app/new,app/slot"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("keys: app/new,app/slot"),
+        "{}",
+        out.all()
+    );
 
     let del = ws.gantry(&["state", "delete", "app/slot"]);
     assert_eq!(del.code, Some(0), "{}", del.all());
     let out = hostile(&ws, "state-get", "app/slot", &[], grant);
-    assert!(ok_line(&out).contains("state app/slot is not set"), "{}", out.all());
+    assert!(
+        ok_line(&out).contains("state app/slot is not set"),
+        "{}",
+        out.all()
+    );
     let missing = ws.gantry(&["state", "get", "app/slot"]);
     assert_eq!(missing.code, Some(2));
-    assert!(missing.stderr.contains("no state key `app/slot`"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no state key `app/slot`"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
 fn state_is_denied_unless_granted_and_the_grant_is_named() {
     let ws = Workspace::new();
-    let out = hostile(&ws, "state-set", "docker-deploy/app", &["forged"], "workspace: write");
+    let out = hostile(
+        &ws,
+        "state-set",
+        "docker-deploy/app",
+        &["forged"],
+        "workspace: write",
+    );
     assert!(
         denied_line(&out).contains(
             "stage `evil` is not allowed to write state key `docker-deploy/app`: grant it with `stages[0].permissions.state: [docker-deploy/]`"
@@ -75,7 +117,8 @@ fn state_is_denied_unless_granted_and_the_grant_is_named() {
         out.all()
     );
     assert!(
-        out.stdout.contains("denied: stage `evil` is not allowed to write state key `docker-deploy/app`"),
+        out.stdout
+            .contains("denied: stage `evil` is not allowed to write state key `docker-deploy/app`"),
         "the user is told too: {}",
         out.stdout
     );
@@ -83,14 +126,27 @@ fn state_is_denied_unless_granted_and_the_grant_is_named() {
     // merely starts with the same letters.
     for key in ["docker-deploy/app", "appx/slot", "other"] {
         let out = hostile(&ws, "state-get", key, &[], "state: [app/]");
-        assert!(denied_line(&out).contains(&format!("read state key `{key}`")), "{}", out.all());
+        assert!(
+            denied_line(&out).contains(&format!("read state key `{key}`")),
+            "{}",
+            out.all()
+        );
     }
     let out = hostile(&ws, "state-list", "", &[], "state: [app/]");
     assert_eq!(out.code, Some(1), "{}", out.all());
     let out = hostile(&ws, "state-get", "../escape", &[], "state: [app/]");
-    assert!(out.stage_line("evil").contains("must not start with `/` or have empty"), "{}", out.all());
+    assert!(
+        out.stage_line("evil")
+            .contains("must not start with `/` or have empty"),
+        "{}",
+        out.all()
+    );
     let list = ws.gantry(&["state", "list"]);
-    assert!(list.stdout.contains("no state"), "nothing was written: {}", list.stdout);
+    assert!(
+        list.stdout.contains("no state"),
+        "nothing was written: {}",
+        list.stdout
+    );
 }
 
 #[test]
@@ -99,14 +155,24 @@ fn values_and_key_counts_are_capped() {
     let out = hostile(&ws, "state-set", "app/big", &["", "70000"], "state: [app/]");
     let line = out.stage_line("evil");
     assert!(
-        line.starts_with("✘ evil") && line.contains("a state value of 70000 bytes is more than the 64.0 KiB a value may hold"),
+        line.starts_with("✘ evil")
+            && line.contains(
+                "a state value of 70000 bytes is more than the 64.0 KiB a value may hold"
+            ),
         "{}",
         out.all()
     );
-    ok_line(&hostile(&ws, "state-set", "app/big", &["", "65536"], "state: [app/]"));
+    ok_line(&hostile(
+        &ws,
+        "state-set",
+        "app/big",
+        &["", "65536"],
+        "state: [app/]",
+    ));
     let out = hostile(&ws, "state-fill", "app/many", &["1100"], "state: [app/]");
     assert!(
-        out.stage_line("evil").contains("already holds 1024 state keys, the most it may"),
+        out.stage_line("evil")
+            .contains("already holds 1024 state keys, the most it may"),
         "{}",
         out.all()
     );
@@ -115,20 +181,46 @@ fn values_and_key_counts_are_capped() {
 #[test]
 fn the_state_directory_is_out_of_every_stage_s_reach() {
     let ws = Workspace::new();
-    ok_line(&hostile(&ws, "state-set", "app/slot", &["blue"], "state: [app/]"));
-    let runs = ws.runs_dir().expect("the run is recorded in the state directory");
-    assert!(!runs.starts_with(ws.path()), "{} is outside the workspace", runs.display());
-    assert!(!ws.path().join(".gantry").exists(), "nothing host-owned in the workspace");
+    ok_line(&hostile(
+        &ws,
+        "state-set",
+        "app/slot",
+        &["blue"],
+        "state: [app/]",
+    ));
+    let runs = ws
+        .runs_dir()
+        .expect("the run is recorded in the state directory");
+    assert!(
+        !runs.starts_with(ws.path()),
+        "{} is outside the workspace",
+        runs.display()
+    );
+    assert!(
+        !ws.path().join(".gantry").exists(),
+        "nothing host-owned in the workspace"
+    );
     let root = ws.state_root().to_path_buf();
     let name = root.file_name().unwrap().to_str().unwrap();
     let grant = "workspace: write";
-    for target in [root.join("workspaces").display().to_string(), format!("../{name}/workspaces")] {
+    for target in [
+        root.join("workspaces").display().to_string(),
+        format!("../{name}/workspaces"),
+    ] {
         let out = hostile(&ws, "read", &target, &[], grant);
-        assert!(out.stage_line("evil").starts_with("✘ evil"), "{}", out.all());
+        assert!(
+            out.stage_line("evil").starts_with("✘ evil"),
+            "{}",
+            out.all()
+        );
     }
     let planted = format!("../{name}/planted");
     let out = hostile(&ws, "write-text", &planted, &["x"], grant);
-    assert!(out.stage_line("evil").starts_with("✘ evil"), "{}", out.all());
+    assert!(
+        out.stage_line("evil").starts_with("✘ evil"),
+        "{}",
+        out.all()
+    );
     assert!(!root.join("planted").exists());
     let get = ws.gantry(&["state", "get", "app/slot"]);
     assert_eq!(get.stdout, "blue\n", "the state is untouched");
@@ -158,24 +250,50 @@ stages:
     assert_eq!(out.code, Some(0), "{}", out.all());
     let old = out.outputs("old");
     assert_eq!(old["contract"], "0.1.0");
-    assert_eq!(old["exec"], "from-0.1", "exec records crossed the 0.1 adapter");
+    assert_eq!(
+        old["exec"], "from-0.1",
+        "exec records crossed the 0.1 adapter"
+    );
     assert!(
-        old["upstream"].as_str().unwrap().starts_with("new.message=from-0.2,"),
+        old["upstream"]
+            .as_str()
+            .unwrap()
+            .starts_with("new.message=from-0.2,"),
         "the 0.1 stage saw its upstream's outputs: {old}"
     );
-    assert!(out.stderr.contains("legacy stage `old` on the 0.1 contract"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("legacy stage `old` on the 0.1 contract"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(out.outputs("after")["message"], "0.1.0");
 
-    let inspect = ws.gantry(&["plugins", "inspect", gantry_e2e::plugin("legacy").to_str().unwrap()]);
-    assert!(inspect.stdout.contains("contract: gantry:pipeline@0.1.0"), "{}", inspect.stdout);
-    assert!(inspect.stdout.contains("gantry:pipeline/log@0.1.0"), "{}", inspect.stdout);
+    let inspect = ws.gantry(&[
+        "plugins",
+        "inspect",
+        gantry_e2e::plugin("legacy").to_str().unwrap(),
+    ]);
+    assert!(
+        inspect.stdout.contains("contract: gantry:pipeline@0.1.0"),
+        "{}",
+        inspect.stdout
+    );
+    assert!(
+        inspect.stdout.contains("gantry:pipeline/log@0.1.0"),
+        "{}",
+        inspect.stdout
+    );
 
     // Denials still name the grant for a 0.1 plugin.
-    ws.manifest("pipeline: old\nstages:\n  - name: old\n    uses: \"{legacy}\"\n    with: { exec: true }\n");
+    ws.manifest(
+        "pipeline: old\nstages:\n  - name: old\n    uses: \"{legacy}\"\n    with: { exec: true }\n",
+    );
     let out = ws.run();
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(
-        out.stage_line("old").contains("grant it with `stages[0].permissions.exec: [echo]`"),
+        out.stage_line("old")
+            .contains("grant it with `stages[0].permissions.exec: [echo]`"),
         "{}",
         out.all()
     );

@@ -268,10 +268,12 @@ impl EngineState {
                 &chunk.map_err(|e| failed(format!("saving image `{image}`: {e}")))?,
             );
         }
-        tokio::task::spawn_blocking(move || docker_save_to_layout(&saved, &workspace, &rel, &ref_name))
-            .await
-            .map_err(failed)?
-            .map_err(|e| failed(format!("writing layout `{dir}`: {e:#}")))
+        tokio::task::spawn_blocking(move || {
+            docker_save_to_layout(&saved, &workspace, &rel, &ref_name)
+        })
+        .await
+        .map_err(failed)?
+        .map_err(|e| failed(format!("writing layout `{dir}`: {e:#}")))
     }
 }
 
@@ -998,7 +1000,10 @@ mod tests {
     fn saved_image() -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (name, bytes) in [
-            ("manifest.json", &br#"[{"Config":"c.json","Layers":["l/layer.tar"]}]"#[..]),
+            (
+                "manifest.json",
+                &br#"[{"Config":"c.json","Layers":["l/layer.tar"]}]"#[..],
+            ),
             ("c.json", &b"{}"[..]),
             ("l/layer.tar", &b"layer"[..]),
         ] {

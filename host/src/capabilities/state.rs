@@ -66,7 +66,9 @@ impl StateGrant {
             None => Ok(()),
             Some(why) => Err((
                 why.replace("state key", "state prefix"),
-                Some("e.g. `state: [docker-deploy/]` grants the keys under `docker-deploy/`".into()),
+                Some(
+                    "e.g. `state: [docker-deploy/]` grants the keys under `docker-deploy/`".into(),
+                ),
             )),
         };
         Self {
@@ -220,7 +222,11 @@ impl wit::Host for StageState {
             .and_then(|s| s.get(&key).map_err(failed)))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), HostError>> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), HostError>> {
         Ok(self.state.check(&key, "to write").and_then(|s| {
             match s.set(&key, &value, None).map_err(failed)? {
                 Ok(_) => Ok(()),
@@ -243,14 +249,20 @@ impl wit::Host for StageState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<bool, HostError>> {
         Ok(self.state.check(&key, "to write").and_then(|s| {
-            match s.set(&key, &value, Some(expected.as_deref())).map_err(failed)? {
+            match s
+                .set(&key, &value, Some(expected.as_deref()))
+                .map_err(failed)?
+            {
                 Ok(done) => Ok(done),
                 Err(why) => Err(HostError::Invalid(why)),
             }
         }))
     }
 
-    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, HostError>> {
+    async fn list_keys(
+        &mut self,
+        prefix: String,
+    ) -> wasmtime::Result<Result<Vec<String>, HostError>> {
         Ok(self.state.check(&prefix, "to list").and_then(|s| {
             Ok(s.keys()
                 .map_err(failed)?
@@ -269,7 +281,17 @@ mod tests {
     fn keys_are_plain() {
         assert!(check_key("docker-deploy/app").is_none());
         assert!(check_key("docker-deploy/").is_none());
-        for bad in ["", "/abs", "a/../b", "a//b", "..", "a b", "a%b", "a~b", &"k".repeat(201)] {
+        for bad in [
+            "",
+            "/abs",
+            "a/../b",
+            "a//b",
+            "..",
+            "a b",
+            "a%b",
+            "a~b",
+            &"k".repeat(201),
+        ] {
             assert!(check_key(bad).is_some(), "{bad}");
         }
     }
@@ -300,7 +322,13 @@ mod tests {
         assert_eq!(store.set("new", b"x", Some(None)).unwrap(), Ok(true));
         assert_eq!(store.keys().unwrap(), vec!["a/b".to_string(), "new".into()]);
         let big = vec![0u8; MAX_VALUE + 1];
-        assert!(store.set("a/b", &big, None).unwrap().unwrap_err().contains("64.0 KiB"));
+        assert!(
+            store
+                .set("a/b", &big, None)
+                .unwrap()
+                .unwrap_err()
+                .contains("64.0 KiB")
+        );
         assert!(store.delete("a/b").unwrap());
         assert!(!store.delete("a/b").unwrap());
     }

@@ -262,7 +262,7 @@ fn engine_key(engine: &Engine) -> String {
 
 /// Refuse paths that are symlinks, not owned by the effective user, or writable
 /// by group or others.
-fn owned_by_me_and_private(path: &Path) -> Result<(), String> {
+pub(crate) fn owned_by_me_and_private(path: &Path) -> Result<(), String> {
     let meta = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -284,7 +284,7 @@ fn owned_by_me_and_private(path: &Path) -> Result<(), String> {
 
 /// Write `bytes` to `path` with mode 0600, atomically (temp file + rename), so
 /// that a concurrent reader never sees half a file.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
         let mut f = fs::OpenOptions::new()

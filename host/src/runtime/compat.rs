@@ -5,8 +5,8 @@
 //! `exec`, `engine` and `cluster` interfaces are converted field by field, so
 //! that a field added on one side is a compile error here, not a silent drop.
 
-use crate::runtime::bindings::{self as v2, v0_1 as v1};
 use crate::runtime::bindings::types::{HostError, Level};
+use crate::runtime::bindings::{self as v2, v0_1 as v1};
 use crate::runtime::state::StageState;
 
 type Props = Vec<(String, String)>;
@@ -32,7 +32,12 @@ impl v1::secrets::Host for StageState {
 }
 
 impl v1::telemetry::Host for StageState {
-    async fn metric(&mut self, name: String, value: f64, properties: Props) -> wasmtime::Result<()> {
+    async fn metric(
+        &mut self,
+        name: String,
+        value: f64,
+        properties: Props,
+    ) -> wasmtime::Result<()> {
         v2::telemetry::Host::metric(self, name, value, properties).await
     }
     async fn event(&mut self, name: String, properties: Props) -> wasmtime::Result<()> {
@@ -169,7 +174,8 @@ impl v1::cluster::Host for StageState {
         deployment: String,
         timeout_ms: u64,
     ) -> wasmtime::Result<Result<v1::cluster::Rollout, HostError>> {
-        let status = v2::cluster::Host::rollout_status(self, namespace, deployment, timeout_ms).await?;
+        let status =
+            v2::cluster::Host::rollout_status(self, namespace, deployment, timeout_ms).await?;
         Ok(status.map(|r| {
             let v2::cluster::Rollout {
                 generation,

@@ -16,9 +16,9 @@ use crate::redact::Redactor;
 use crate::report::Reporter;
 use bindings::sink::TelemetrySinkPre;
 use bindings::stage::StagePre;
+use bindings::types::{Event, Outcome, StageContext, StageError, StageInfo};
 use bindings::v0_1::sink::TelemetrySinkPre as TelemetrySinkPreV0_1;
 use bindings::v0_1::stage::StagePre as StagePreV0_1;
-use bindings::types::{Event, Outcome, StageContext, StageError, StageInfo};
 use cache::{CacheOutcome, CompileCache};
 use limits::{EpochTicker, Limits, MemoryLimiter, TICK};
 use loader::{Contract, LoadError, WorldKind};
@@ -63,6 +63,9 @@ pub struct Runtime {
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
     /// Set when the cache could not be used; shown once with `--verbose`.
     pub cache_warning: Option<String>,
+    /// The cache directory (compiled components, pulled plugins); `None`
+    /// with `--no-cache`.
+    pub cache_root: Option<PathBuf>,
 }
 
 /// A loaded, checked, linked plugin, ready to instantiate.
@@ -130,6 +133,7 @@ impl Runtime {
         // The 0.1 interfaces under their own names, beside the 0.2 ones; the
         // sink worlds import a subset of the stage worlds.
         bindings::v0_1::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let cache_root = options.cache_dir.clone();
         let (cache, cache_warning) = CompileCache::open(&engine, options.cache_dir);
         let ticker = EpochTicker::start(&engine);
         Ok(Self {
@@ -139,6 +143,7 @@ impl Runtime {
             _ticker: ticker,
             loaded: Mutex::default(),
             cache_warning,
+            cache_root,
         })
     }
 
