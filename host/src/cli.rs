@@ -173,6 +173,20 @@ enum Command {
     /// (e.g. docker-deploy's live slot).
     #[command(subcommand)]
     State(StateCommand),
+    /// Print or write the WIT this gantry speaks (`gantry:pipeline`), to build
+    /// plugins against.
+    #[command(
+        after_help = "Without a directory the files are printed, each after a `// file:` line.\n\n\
+        Examples:\n  gantry wit\n  gantry wit wit/                  # host.wit, types.wit, worlds.wit\n  \
+        gantry wit --version 0.1.0 old/  # the frozen 0.1 contract, which plugins may still target"
+    )]
+    Wit {
+        /// Write the files into this directory (made if missing) instead of printing them.
+        dir: Option<PathBuf>,
+        /// The contract version: the current one, or an older one still loaded.
+        #[arg(long, value_parser = ["0.2.0", "0.1.0"], default_value = crate::WIT_VERSION)]
+        version: String,
+    },
     /// Print the JSON Schema of the manifest format (for editors).
     #[command(
         after_help = "Example:\n  gantry schema > schema/gantry-manifest.schema.json\n\n\
@@ -647,6 +661,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             reference,
             registry,
         }) => pull(&reference, &registry, options.cache_dir.as_deref()).await,
+        Command::Wit { dir, version } => {
+            let files = crate::wit_files(&version);
+            match dir {
+                None => {
+                    for (name, text) in files {
+                        out!("// file: {name}\n{text}");
+                    }
+                }
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                    for (name, text) in files {
+                        let path = dir.join(name);
+                        std::fs::write(&path, text)
+                            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                        out!("wrote {}", path.display());
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             out!(
                 "{}",

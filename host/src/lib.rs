@@ -49,3 +49,21 @@ pub const WIT_VERSION: &str = "0.2.0";
 /// Older versions whose plugins this host still runs (wit/v0.1/), each
 /// through its own bindings adapted onto the same implementation.
 pub const WIT_OLDER: &[&str] = &["0.1.0"];
+
+/// The WIT files of `gantry:pipeline` at `version` (the current one or a
+/// frozen older one the host still loads), as compiled into this binary.
+pub fn wit_files(version: &str) -> [(&'static str, &'static str); 3] {
+    if version == "0.1.0" {
+        [
+            ("host.wit", include_str!("../../wit/v0.1/host.wit")),
+            ("types.wit", include_str!("../../wit/v0.1/types.wit")),
+            ("worlds.wit", include_str!("../../wit/v0.1/worlds.wit")),
+        ]
+    } else {
+        [
+            ("host.wit", include_str!("../../wit/host.wit")),
+            ("types.wit", include_str!("../../wit/types.wit")),
+            ("worlds.wit", include_str!("../../wit/worlds.wit")),
+        ]
+    }
+}

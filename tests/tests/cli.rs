@@ -175,10 +175,9 @@ fn plugins_inspect_shows_describe_wit_and_capabilities() {
 
     let bad = ws.gantry(&["plugins", "inspect", "nonexistent"]);
     assert_eq!(bad.code, Some(2));
-    assert!(
-        bad.stderr
-            .contains("`nonexistent` is neither a built-in plugin nor a .wasm path")
-    );
+    assert!(bad.stderr.contains(
+        "`nonexistent` is neither a built-in plugin, a .wasm path nor an oci:// reference"
+    ));
 }
 
 #[test]
@@ -232,4 +231,40 @@ fn a_closed_stdout_is_no_panic() {
         assert!(!stderr.contains("panicked"), "gantry {args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "gantry {args:?}: {stderr}");
     }
+}
+
+#[test]
+fn gantry_wit_writes_the_contract_it_speaks() {
+    let ws = Workspace::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (version, dir) in [(None, "wit"), (Some("0.1.0"), "wit/v0.1")] {
+        let mut args = vec!["wit", "out"];
+        if let Some(v) = version {
+            args.extend(["--version", v]);
+        }
+        let out = ws.gantry(&args);
+        assert_eq!(out.code, Some(0), "{}", out.all());
+        for file in ["host.wit", "types.wit", "worlds.wit"] {
+            assert_eq!(
+                std::fs::read_to_string(ws.path().join("out").join(file)).unwrap(),
+                std::fs::read_to_string(repo.join(dir).join(file)).unwrap(),
+                "{dir}/{file}"
+            );
+        }
+    }
+    let printed = ws.gantry(&["wit"]);
+    assert!(
+        printed
+            .stdout
+            .starts_with("// file: host.wit\npackage gantry:pipeline@0.2.0;"),
+        "{}",
+        printed.stdout
+    );
+    let bad = ws.gantry(&["wit", "--version", "9.9.9"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(
+        bad.stderr.contains("possible values: 0.2.0, 0.1.0"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -152,7 +152,9 @@ mod tests {
         assert_eq!(c["os"], "wasip2");
         let exports = c["component"]["exports"].as_array().unwrap();
         assert!(
-            exports.iter().any(|e| e == "gantry:pipeline/plugin@0.1.0"),
+            exports
+                .iter()
+                .any(|e| *e == format!("gantry:pipeline/plugin@{}", crate::WIT_VERSION)),
             "{exports:?}"
         );
         assert!(
