@@ -78,7 +78,11 @@ async fn plain(exe: &std::path::Path, workspace: &std::path::Path) -> Duration {
     let mut err = child.stderr.take().unwrap();
     let (mut a, mut b) = (vec![], vec![]);
     use tokio::io::AsyncReadExt;
-    let (_, _, status) = tokio::join!(out.read_to_end(&mut a), err.read_to_end(&mut b), child.wait());
+    let (_, _, status) = tokio::join!(
+        out.read_to_end(&mut a),
+        err.read_to_end(&mut b),
+        child.wait()
+    );
     assert!(status.unwrap().success());
     start.elapsed()
 }
@@ -102,7 +106,10 @@ fn us(d: Duration) -> String {
 fn main() {
     let support = gantry::sandbox::Support::get();
     println!("exec confinement here: {}", support.describe());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let workspace = tempfile::tempdir().unwrap();
     let workspace = workspace.path().canonicalize().unwrap();
     let exe = gantry::sandbox::loader::find_on_path("true", &std::env::var_os("PATH").unwrap())
@@ -141,7 +148,11 @@ fn main() {
         println!("  confined (guard + Landlock)               {:>10}", us(c));
         println!(
             "  added per exec by confinement             {:>10}",
-            if c > p { us(c - p) } else { format!("-{}", us(p - c)) }
+            if c > p {
+                us(c - p)
+            } else {
+                format!("-{}", us(p - c))
+            }
         );
     });
 }

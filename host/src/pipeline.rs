@@ -420,10 +420,7 @@ impl Pipeline<'_> {
         let started = Instant::now();
 
         let (done, stop) = self.execute(plugins, &ctx, &journal, resume).await?;
-        let signal = match stop {
-            Some(Stop::Cancelled(n)) => Some(n),
-            None => None,
-        };
+        let signal = stop.map(|Stop::Cancelled(n)| n);
         let cancelled = signal.is_some();
         let stages = self
             .plan

@@ -852,7 +852,7 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
     // The system's python3, not a version manager's shim.
     let ws = Workspace::new().env("PATH", "/usr/bin:/bin");
     let script = format!(
-        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
+        "import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
         socket.display()
     );
     let out = contain(&ws, &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""));

@@ -80,8 +80,14 @@ impl ExecGrant {
         if programs.is_empty() {
             let stray = [
                 perms.exec_read.first().map(|s| (s.referenced, "exec-read")),
-                perms.exec_write.first().map(|s| (s.referenced, "exec-write")),
-                perms.exec_network.as_ref().map(|s| (s.referenced, "exec-network")),
+                perms
+                    .exec_write
+                    .first()
+                    .map(|s| (s.referenced, "exec-write")),
+                perms
+                    .exec_network
+                    .as_ref()
+                    .map(|s| (s.referenced, "exec-network")),
             ];
             for (at, name) in stray.into_iter().flatten() {
                 errors.push(file.error(
@@ -92,7 +98,12 @@ impl ExecGrant {
                 ));
             }
         }
-        Self { programs, read, write, network }
+        Self {
+            programs,
+            read,
+            write,
+            network,
+        }
     }
 
     /// Lines for `plan` and `validate`.
@@ -137,7 +148,12 @@ pub fn expand_path(text: &str, base: &Path) -> Result<PathBuf, (String, Option<S
         std::env::var("HOME")
             .ok()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| (format!("`{text}` starts with `~`, but HOME is not set"), None))
+            .ok_or_else(|| {
+                (
+                    format!("`{text}` starts with `~`, but HOME is not set"),
+                    None,
+                )
+            })
     };
     let tilde = |s: &str| -> Result<String, (String, Option<String>)> {
         if s == "~" {
@@ -171,7 +187,10 @@ pub fn expand_path(text: &str, base: &Path) -> Result<PathBuf, (String, Option<S
             (n, None, len)
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err((format!("`{text}`: `$` must be followed by a variable name"), None));
+            return Err((
+                format!("`{text}`: `$` must be followed by a variable name"),
+                None,
+            ));
         }
         let value = match (std::env::var(&name).ok().filter(|v| !v.is_empty()), default) {
             (Some(v), _) => v,
@@ -179,7 +198,9 @@ pub fn expand_path(text: &str, base: &Path) -> Result<PathBuf, (String, Option<S
             (None, None) => {
                 return Err((
                     format!("`{text}` reads ${name}, which is not set"),
-                    Some(format!("set {name}, or give a default: `${{{name}:-~/...}}`")),
+                    Some(format!(
+                        "set {name}, or give a default: `${{{name}:-~/...}}`"
+                    )),
                 ));
             }
         };
@@ -200,7 +221,11 @@ pub fn expand_path(text: &str, base: &Path) -> Result<PathBuf, (String, Option<S
             Some("write the directory itself".into()),
         ));
     }
-    Ok(if path.is_absolute() { path } else { base.join(path) })
+    Ok(if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    })
 }
 
 /// The confinement of one stage's programs, made on the stage's first exec and
@@ -293,7 +318,9 @@ impl ExecState {
                 policy.read.extend(loader::installation(&exe));
             }
         }
-        policy.read.extend(self.grant.read.iter().map(|(_, p)| p.clone()));
+        policy
+            .read
+            .extend(self.grant.read.iter().map(|(_, p)| p.clone()));
         for (_, p) in &self.grant.write {
             std::fs::create_dir_all(p)
                 .with_context(|| format!("creating exec-write directory {}", p.display()))?;
@@ -371,9 +398,9 @@ impl ExecState {
             ))
         })?;
         let cwd = self.resolve_cwd(cmd.cwd.as_deref())?;
-        let confinement = self.confinement(confine).map_err(|e| {
-            HostError::Failed(format!("cannot confine `{}`: {e:#}", cmd.program))
-        })?;
+        let confinement = self
+            .confinement(confine)
+            .map_err(|e| HostError::Failed(format!("cannot confine `{}`: {e:#}", cmd.program)))?;
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), path.to_string_lossy().into_owned()),
             ("TMPDIR".into(), confinement.tmp.display().to_string()),
@@ -473,7 +500,10 @@ fn make_private_tmp(run_id: &str, stage: &str) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
     for n in 0..100u32 {
-        let dir = base.join(format!("gantry-{run_id}-{stage}-{}-{n}", std::process::id()));
+        let dir = base.join(format!(
+            "gantry-{run_id}-{stage}-{}-{n}",
+            std::process::id()
+        ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -549,18 +579,38 @@ mod tests {
     fn exec_paths_expand_home_variables_and_defaults() {
         let base = Path::new("/manifest/dir");
         let home = std::env::var("HOME").unwrap();
-        assert_eq!(expand_path("~/.rustup", base).unwrap(), Path::new(&home).join(".rustup"));
-        assert_eq!(expand_path("$HOME/x", base).unwrap(), Path::new(&home).join("x"));
-        assert_eq!(expand_path("${HOME}/x", base).unwrap(), Path::new(&home).join("x"));
+        assert_eq!(
+            expand_path("~/.rustup", base).unwrap(),
+            Path::new(&home).join(".rustup")
+        );
+        assert_eq!(
+            expand_path("$HOME/x", base).unwrap(),
+            Path::new(&home).join("x")
+        );
+        assert_eq!(
+            expand_path("${HOME}/x", base).unwrap(),
+            Path::new(&home).join("x")
+        );
         assert_eq!(
             expand_path("${GANTRY_TEST_SURELY_UNSET:-~/.cargo}/registry", base).unwrap(),
             Path::new(&home).join(".cargo/registry")
         );
-        assert_eq!(expand_path("cache", base).unwrap(), Path::new("/manifest/dir/cache"));
+        assert_eq!(
+            expand_path("cache", base).unwrap(),
+            Path::new("/manifest/dir/cache")
+        );
         let (err, help) = expand_path("$GANTRY_TEST_SURELY_UNSET/x", base).unwrap_err();
-        assert!(err.contains("reads $GANTRY_TEST_SURELY_UNSET, which is not set"), "{err}");
+        assert!(
+            err.contains("reads $GANTRY_TEST_SURELY_UNSET, which is not set"),
+            "{err}"
+        );
         assert!(help.unwrap().contains("${GANTRY_TEST_SURELY_UNSET:-~/...}"));
-        assert!(expand_path("/a/../etc", base).unwrap_err().0.contains("`..`"));
+        assert!(
+            expand_path("/a/../etc", base)
+                .unwrap_err()
+                .0
+                .contains("`..`")
+        );
         assert!(expand_path("${HOME", base).is_err());
     }
 

@@ -26,7 +26,10 @@ pub fn root() -> Option<PathBuf> {
             own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                controllers.split(',').any(|c| c == "pids").then(|| path.to_string())
+                controllers
+                    .split(',')
+                    .any(|c| c == "pids")
+                    .then(|| path.to_string())
             })
         } else if fstype == "cgroup2" {
             own.lines()
@@ -40,7 +43,9 @@ pub fn root() -> Option<PathBuf> {
             None
         };
         if let Some(path) = path {
-            let dir = Path::new(mount_point).join(path.trim_start_matches('/')).join("gantry");
+            let dir = Path::new(mount_point)
+                .join(path.trim_start_matches('/'))
+                .join("gantry");
             if std::fs::create_dir(&dir).is_ok() || dir.is_dir() {
                 // Usable only if we may make cgroups in it.
                 let probe = dir.join(format!("probe-{}", std::process::id()));
@@ -68,7 +73,15 @@ pub struct StageCgroup {
 /// The cgroup's name for `stage` of `run_id`.
 pub fn path(root: &Path, run_id: &str, stage: &str) -> PathBuf {
     let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
     };
     root.join(format!("{}.{}", clean(run_id), clean(stage)))
 }
@@ -90,7 +103,10 @@ impl StageCgroup {
             .write(true)
             .open(dir.join("cgroup.procs"))
             .with_context(|| format!("opening {}/cgroup.procs", dir.display()))?;
-        Ok(Self { dir, procs: procs.into() })
+        Ok(Self {
+            dir,
+            procs: procs.into(),
+        })
     }
 
     pub fn procs_fd(&self) -> &OwnedFd {

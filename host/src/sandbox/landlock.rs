@@ -66,24 +66,64 @@ pub struct Policy {
 /// (only ptrace and `mem` are refused across domains).
 pub fn system_read() -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-        "/sys/devices/system/cpu", "/sys/fs/cgroup",
+        "/usr",
+        "/bin",
+        "/sbin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/sys/devices/system/cpu",
+        "/sys/fs/cgroup",
     ]
     .iter()
     .map(PathBuf::from)
     .collect();
     for name in [
-        "cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version", "filesystems",
-        "sys/kernel", "sys/vm", "sys/fs",
+        "cpuinfo",
+        "meminfo",
+        "stat",
+        "loadavg",
+        "uptime",
+        "version",
+        "filesystems",
+        "sys/kernel",
+        "sys/vm",
+        "sys/fs",
     ] {
         paths.push(Path::new("/proc").join(name));
     }
     for name in [
-        "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf",
-        "hosts", "host.conf", "resolv.conf", "gai.conf", "services", "protocols", "localtime",
-        "timezone", "ssl", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies",
-        "alternatives", "os-release", "locale.alias", "locale.conf", "mime.types", "gitconfig",
-        "terminfo", "inputrc", "environment", "debian_version", "mtab",
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "passwd",
+        "group",
+        "nsswitch.conf",
+        "hosts",
+        "host.conf",
+        "resolv.conf",
+        "gai.conf",
+        "services",
+        "protocols",
+        "localtime",
+        "timezone",
+        "ssl",
+        "ca-certificates",
+        "ca-certificates.conf",
+        "pki",
+        "crypto-policies",
+        "alternatives",
+        "os-release",
+        "locale.alias",
+        "locale.conf",
+        "mime.types",
+        "gitconfig",
+        "terminfo",
+        "inputrc",
+        "environment",
+        "debian_version",
+        "mtab",
     ] {
         paths.push(Path::new("/etc").join(name));
     }
@@ -92,10 +132,17 @@ pub fn system_read() -> Vec<PathBuf> {
 
 /// Device files every program may use.
 pub fn system_devices() -> Vec<PathBuf> {
-    ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"]
-        .iter()
-        .map(PathBuf::from)
-        .collect()
+    [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect()
 }
 
 /// The ruleset for `policy`, as a file descriptor to hand to
@@ -103,7 +150,8 @@ pub fn system_devices() -> Vec<PathBuf> {
 /// skipped (a rule needs an open file).
 pub fn ruleset(policy: &Policy) -> anyhow::Result<OwnedFd> {
     let abi = TARGET;
-    let file_rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
+    let file_rw =
+        AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev;
     // Connecting to a unix socket by its path (Docker's, say) is handled
     // where the kernel knows it (ABI 9); allowed only below writable paths.
     let write = AccessFs::from_all(abi) | AccessFs::ResolveUnix;
@@ -127,11 +175,16 @@ pub fn ruleset(policy: &Policy) -> anyhow::Result<OwnedFd> {
             Ok(fd) => fd,
             // Missing system directories (no /lib32 here) are nothing to allow.
             Err(_) if !path.exists() => continue,
-            Err(e) => return Err(e).with_context(|| format!("Landlock: opening {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("Landlock: opening {}", path.display()));
+            }
         };
         // A rule on a file may only name file rights.
-        let access: BitFlags<AccessFs> =
-            if path.is_dir() { access } else { access & AccessFs::from_file(abi) };
+        let access: BitFlags<AccessFs> = if path.is_dir() {
+            access
+        } else {
+            access & AccessFs::from_file(abi)
+        };
         created = created
             .add_rule(PathBeneath::new(fd, access))
             .with_context(|| format!("Landlock: a rule for {}", path.display()))?;

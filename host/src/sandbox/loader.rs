@@ -56,7 +56,10 @@ pub fn find_on_path(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
 /// credentials) is included.
 pub fn installation(exe: &Path) -> Vec<PathBuf> {
     let mut dirs = vec![];
-    for exe in [exe.to_path_buf(), exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf())] {
+    for exe in [
+        exe.to_path_buf(),
+        exe.canonicalize().unwrap_or_else(|_| exe.to_path_buf()),
+    ] {
         let Some(dir) = exe.parent() else { continue };
         if !dirs.iter().any(|d| d == dir) {
             dirs.push(dir.to_path_buf());
@@ -81,7 +84,14 @@ mod tests {
 
     #[test]
     fn loader_variables_are_refused() {
-        for v in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "GCONV_PATH", "TMPDIR", "GLIBC_TUNABLES"] {
+        for v in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "GCONV_PATH",
+            "TMPDIR",
+            "GLIBC_TUNABLES",
+        ] {
             assert!(refused(v), "{v}");
         }
         for v in ["PATH", "RUSTFLAGS", "HOME", "CARGO_HOME", "OLD_PRELOAD"] {
@@ -94,7 +104,10 @@ mod tests {
         // Tests run in host/, so `../scripts` names the repository's scripts,
         // which hold an executable `test`.
         let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
-        assert_eq!(find_on_path("test", std::ffi::OsStr::new("../scripts::.")), None);
+        assert_eq!(
+            find_on_path("test", std::ffi::OsStr::new("../scripts::.")),
+            None
+        );
         let abs = std::ffi::OsString::from(format!("../scripts:{}", scripts.display()));
         assert_eq!(find_on_path("test", &abs), Some(scripts.join("test")));
     }

@@ -78,7 +78,9 @@ impl Support {
             (true, Some(_)) => "a PID namespace per program, a pids cgroup per stage",
             (true, None) => "a PID namespace per program, RLIMIT_NPROC",
             (false, Some(_)) => "a process group per program, a pids cgroup per stage",
-            (false, None) => "a process group per program, RLIMIT_NPROC (descendants that call setsid may outlive the stage)",
+            (false, None) => {
+                "a process group per program, RLIMIT_NPROC (descendants that call setsid may outlive the stage)"
+            }
         };
         if unconfined_opted_in() {
             format!(
@@ -89,7 +91,11 @@ impl Support {
                 "refused: this kernel offers no Landlock, so programs cannot be confined (set {UNCONFINED_ENV}=1 to run them with your full access)"
             )
         } else {
-            format!("Landlock ABI {} ({}); {guard}", self.landlock_abi, landlock::enforced(self.landlock_abi))
+            format!(
+                "Landlock ABI {} ({}); {guard}",
+                self.landlock_abi,
+                landlock::enforced(self.landlock_abi)
+            )
         }
     }
 

@@ -58,9 +58,9 @@ impl Filter {
                 op(JEQ_K, 1, 0, AUDIT_ARCH), // -> 3, else 2
                 op(RET_K, 0, 0, RET_EACCES), // another architecture's calls
                 op(LD_W_ABS, 0, 0, 0),
-                op(JGE_K, 5, 0, X32_BIT), // -> 10
+                op(JGE_K, 5, 0, X32_BIT),                         // -> 10
                 op(JEQ_K, 4, 0, libc::SYS_io_uring_setup as u32), // -> 10
-                op(JEQ_K, 0, 4, libc::SYS_socket as u32), // -> 7, else 11
+                op(JEQ_K, 0, 4, libc::SYS_socket as u32),         // -> 7, else 11
                 op(LD_W_ABS, 0, 0, 16),
                 op(JEQ_K, 1, 0, libc::AF_UNIX as u32), // -> 10, else 9
                 op(RET_K, 0, 0, RET_ALLOW),

@@ -107,7 +107,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let a = unsafe { &*(arg as *const ChildArgs) };
     let fail = |step: i32| -> c_int {
         a.failed_step.store(step, Ordering::SeqCst);
-        a.errno.store(io::Error::last_os_error().raw_os_error().unwrap_or(0), Ordering::SeqCst);
+        a.errno.store(
+            io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            Ordering::SeqCst,
+        );
         // SAFETY: _exit is async-signal-safe and does not return.
         unsafe { libc::_exit(127) }
     };
@@ -140,7 +143,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if a.cgroup >= 0 && libc::write(a.cgroup, b"0".as_ptr().cast(), 1) != 1 {
             return fail(1);
         }
-        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0 {
+        if libc::dup2(a.stdin, 0) < 0 || libc::dup2(a.stdout, 1) < 0 || libc::dup2(a.stderr, 2) < 0
+        {
             return fail(2);
         }
         if libc::chdir(a.cwd) != 0 {
@@ -149,32 +153,47 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // The parent is the thread that called clone, which is suspended until
         // exec; if gantry was killed before this call, the namespace's init
         // (this process) is orphaned: a window of a few microseconds.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return fail(4);
         }
         if a.own_group && libc::setpgid(0, 0) != 0 {
             return fail(5);
         }
         if a.nproc > 0 {
-            let lim = libc::rlimit { rlim_cur: a.nproc, rlim_max: a.nproc };
+            let lim = libc::rlimit {
+                rlim_cur: a.nproc,
+                rlim_max: a.nproc,
+            };
             if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
                 return fail(6);
             }
         }
-        if a.landlock >= 0 || !a.seccomp.is_null() {
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return fail(7);
-            }
+        if (a.landlock >= 0 || !a.seccomp.is_null())
+            && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        {
+            return fail(7);
         }
         if !a.seccomp.is_null()
-            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, a.seccomp, 0, 0) != 0
+            && libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                a.seccomp,
+                0,
+                0,
+            ) != 0
         {
             return fail(10);
         }
-        if a.landlock >= 0 {
-            if libc::syscall(libc::SYS_landlock_restrict_self, a.landlock, 0u32) != 0 {
-                return fail(8);
-            }
+        if a.landlock >= 0 && libc::syscall(libc::SYS_landlock_restrict_self, a.landlock, 0u32) != 0
+        {
+            return fail(8);
         }
         libc::execve(a.exe, a.argv, a.envp);
         fail(9)
@@ -182,7 +201,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"))
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"))
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -199,16 +219,26 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
     let exe = cstring(req.exe.as_os_str().as_bytes())?;
     let cwd = cstring(req.cwd.as_os_str().as_bytes())?;
-    let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = req
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
     let envp: Vec<CString> = req
         .env
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes()))
         .collect::<Result<_, _>>()?;
-    let argv_ptrs: Vec<*const c_char> =
-        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp_ptrs: Vec<*const c_char> =
-        envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let argv_ptrs: Vec<*const c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp_ptrs: Vec<*const c_char> = envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let seccomp = req.seccomp.map(|f| f.prog());
     let stdin: OwnedFd = std::fs::File::open("/dev/null")?.into();
     let (out_r, out_w) = pipe()?;
@@ -251,7 +281,12 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
         // SAFETY: child_main only reads `args` and calls async-signal-safe
         // functions until it execs or exits; CLONE_VFORK keeps this frame
         // (args, the strings, the stack) alive and unchanged until then.
-        let pid = libc::clone(child_main, top, flags, &args as *const ChildArgs as *mut c_void);
+        let pid = libc::clone(
+            child_main,
+            top,
+            flags,
+            &args as *const ChildArgs as *mut c_void,
+        );
         let e = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid < 0 {
@@ -266,7 +301,10 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
         // SAFETY: reaps our own child, which has exited.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         let e = io::Error::from_raw_os_error(args.errno.load(Ordering::SeqCst));
-        return Err(io::Error::new(e.kind(), format!("{}: {e}", STEPS[step as usize])));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", STEPS[step as usize]),
+        ));
     }
     // SAFETY: pidfd_open on our unreaped child: the pid cannot be reused.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
