@@ -864,3 +864,23 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
     );
     assert!(out.stdout.contains("CONNECTED"), "{}", out.all());
 }
+
+#[test]
+fn unconfined_exec_is_an_explicit_opt_out_that_plan_and_summary_show() {
+    let ws = Workspace::new().env("GANTRY_UNCONFINED_EXEC", "1");
+    let stage = exec_stage("sh", &["-c", "touch unconfined.txt"], "{}", "{ exec: [sh] }", "");
+    ws.manifest(&format!("pipeline: p\nstages:\n{stage}"));
+    let plan = ws.gantry(&["plan", "pipeline.yaml"]);
+    assert!(plan.stdout.contains("grant exec confinement: UNCONFINED"), "{}", plan.all());
+    let out = ws.run();
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(out.stdout.contains("warning: programs started through exec ran UNCONFINED"), "{}", out.stdout);
+    // Without Landlock, a read-only workspace is the user's to write.
+    assert!(ws.path().join("unconfined.txt").exists());
+    // Confined (the default), the plan says how.
+    let ws = Workspace::new();
+    ws.manifest(&format!("pipeline: p\nstages:\n{stage}"));
+    let plan = ws.gantry(&["plan", "pipeline.yaml"]);
+    assert!(plan.stdout.contains("grant exec confinement: Landlock ABI"), "{}", plan.all());
+    assert!(plan.stdout.contains("grant exec-network: none"), "{}", plan.all());
+}

@@ -236,7 +236,7 @@ struct Confinement {
     cgroup: Option<StageCgroup>,
     /// The stage's private TMPDIR, removed at the end.
     tmp: PathBuf,
-    pid_namespace: bool,
+    pid_namespace: sandbox::spawn::PidNamespace,
     net_namespace: bool,
     /// No unix sockets, where Landlock cannot filter their paths.
     seccomp: Option<sandbox::seccomp::Filter>,
@@ -349,7 +349,7 @@ impl ExecState {
             net_namespace: confine
                 && !self.grant.network
                 && support.landlock_abi < 4
-                && support.pid_namespace,
+                && support.pid_namespace != sandbox::spawn::PidNamespace::No,
             seccomp: (confine && !self.grant.network && support.landlock_abi < 9)
                 .then(sandbox::seccomp::Filter::new),
         });
