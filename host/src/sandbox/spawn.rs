@@ -106,6 +106,7 @@ const STEPS: &[&str] = &[
     "executing it",
     "installing the seccomp filter",
     "mapping its user and group in its user namespace",
+    "checking that gantry still runs",
 ];
 
 /// Everything the child needs, prepared by the parent: between clone and exec
@@ -128,6 +129,8 @@ struct ChildArgs {
     uid_map: *const c_char,
     gid_map: *const c_char,
     own_group: bool,
+    /// A pidfd of gantry itself, or -1.
+    gantry: RawFd,
     /// Written by the child when a step fails: the step and errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -202,9 +205,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::chdir(a.cwd) != 0 {
             return fail(3);
         }
-        // The parent is the thread that called clone, which is suspended until
-        // exec; if gantry was killed before this call, the namespace's init
-        // (this process) is orphaned: a window of a few microseconds.
+        // The parent is the thread that called clone (a tokio worker, which
+        // lives as long as gantry's runtime), suspended until exec. If gantry
+        // was killed before this call, no signal will come: gantry's pidfd
+        // is readable once it has exited, and then this child stops here.
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -214,6 +218,16 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         ) != 0
         {
             return fail(4);
+        }
+        if a.gantry >= 0 {
+            let mut p = libc::pollfd {
+                fd: a.gantry,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut p, 1, 0) != 0 {
+                return fail(12);
+            }
         }
         if a.own_group && libc::setpgid(0, 0) != 0 {
             return fail(5);
@@ -250,6 +264,19 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         libc::execve(a.exe, a.argv, a.envp);
         fail(9)
     }
+}
+
+/// A pidfd of this process (close-on-exec), opened once; -1 without pidfds.
+fn own_pidfd() -> RawFd {
+    static FD: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    FD.get_or_init(|| {
+        // SAFETY: pidfd_open of our own pid; the result is a new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    })
+    .as_ref()
+    .map_or(-1, |fd| fd.as_raw_fd())
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -323,6 +350,7 @@ pub fn spawn(req: &Request<'_>) -> io::Result<Spawned> {
             std::ptr::null()
         },
         own_group: req.pid_namespace == PidNamespace::No,
+        gantry: own_pidfd(),
         failed_step: AtomicI32::new(0),
         errno: AtomicI32::new(0),
     };
