@@ -417,6 +417,7 @@ impl Pipeline<'_> {
         // parent-death signal), but make sure before starting it again.
         if let Some(root) = &crate::sandbox::Support::get().cgroup {
             for stage in resume.interrupted.keys() {
+                crate::capabilities::exec::remove_stale_tmp(&self.run_id, stage);
                 if crate::sandbox::cgroup::reap_leftovers(root, &self.run_id, stage) {
                     self.reporter.debug(&format!(
                         "{stage}: emptied its cgroup from the interrupted run"

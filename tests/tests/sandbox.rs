@@ -839,7 +839,17 @@ fn gantry_killed_mid_exec_leaves_no_process_and_resume_continues() {
     child.kill().unwrap(); // SIGKILL: gantry cleans up nothing itself
     child.wait().unwrap();
     assert_eq!(left_behind(&mark), Vec::<String>::new());
+    let run_id = ws.only_journal().unwrap().parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+    let stale = |run_id: &str| {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("gantry-{run_id}-evil-")))
+            .count()
+    };
+    assert_eq!(stale(&run_id), 1, "the killed gantry left the stage's temp dir");
     resume_succeeds(&ws);
+    assert_eq!(stale(&run_id), 0, "resume removed it (and its own)");
 }
 
 #[test]
