@@ -326,6 +326,16 @@ const CANCEL_SIGNALS: [(i32, &str); 3] = [
     (libc::SIGHUP, "SIGHUP"),
 ];
 
+/// Exit at once, with 128 + its number, on the next cancelling signal. The
+/// programs stages started die with gantry (their parent-death signal).
+fn exit_on_next_signal() {
+    tokio::spawn(async move {
+        if let Ok(again) = cancel_signal().await {
+            std::process::exit(128 + again);
+        }
+    });
+}
+
 /// The next cancelling signal's number.
 async fn cancel_signal() -> std::io::Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -419,6 +429,7 @@ impl Pipeline<'_> {
         // parent-death signal), but make sure before starting it again.
         if let Some(root) = &crate::sandbox::Support::get().cgroup {
             for stage in resume.interrupted.keys() {
+                crate::capabilities::exec::remove_stale_tmp(&self.run_id, stage);
                 if crate::sandbox::cgroup::reap_leftovers(root, &self.run_id, stage) {
                     self.reporter.debug(&format!(
                         "{stage}: emptied its cgroup from the interrupted run"
@@ -432,10 +443,12 @@ impl Pipeline<'_> {
         let started = Instant::now();
 
         let (done, stop) = self.execute(plugins, &ctx, &journal, resume).await?;
-        let signal = match stop {
-            Some(Stop::Cancelled(n)) => Some(n),
-            None => None,
-        };
+        let signal = stop.map(|Stop::Cancelled(n)| n);
+        if signal.is_none() {
+            // The handlers stay installed; while the sinks publish and the
+            // summary is written, a signal ends gantry as it would by default.
+            exit_on_next_signal();
+        }
         let cancelled = signal.is_some();
         let stages = self
             .plan
@@ -576,14 +589,8 @@ impl Pipeline<'_> {
                 }
                 signo = &mut ctrl_c => {
                     let signo = signo?;
-                    // A second signal does not wait for the journal: exit at
-                    // once. The programs stages started die with gantry
-                    // (their parent-death signal).
-                    tokio::spawn(async move {
-                        if let Ok(again) = cancel_signal().await {
-                            std::process::exit(128 + again);
-                        }
-                    });
+                    // A second signal does not wait for the journal.
+                    exit_on_next_signal();
                     // Dropping the futures drops their Stores and kills the
                     // programs they started; the stages run again on resume.
                     drop(running);

@@ -744,28 +744,23 @@ fn resolve_limits(
         256 << 20,
         &mut limits.artifacts,
     );
-    if let Some(v) = &spec.events {
-        match v.value {
-            1..=10_000_000 => limits.events = v.value,
-            _ => errors.push(file.error(
-                &v.referenced,
-                &format!("{field}.limits.events"),
-                "must be between 1 and 10000000",
-                None,
-            )),
-        }
-    }
-    if let Some(v) = &spec.processes {
-        match v.value {
-            1..=1_000_000 => limits.processes = v.value,
-            _ => errors.push(file.error(
-                &v.referenced,
-                &format!("{field}.limits.processes"),
-                "must be between 1 and 1000000",
-                None,
-            )),
-        }
-    }
+    let mut count = |v: &Option<Spanned<u64>>, name: &str, max: u64, slot: &mut u64| match v {
+        Some(v) if (1..=max).contains(&v.value) => *slot = v.value,
+        Some(v) => errors.push(file.error(
+            &v.referenced,
+            &format!("{field}.limits.{name}"),
+            format!("must be between 1 and {max}"),
+            None,
+        )),
+        None => {}
+    };
+    count(&spec.events, "events", 10_000_000, &mut limits.events);
+    count(
+        &spec.processes,
+        "processes",
+        1_000_000,
+        &mut limits.processes,
+    );
     if let Some(v) = &spec.cpu {
         match parse_duration(&v.value) {
             Ok(d) => limits.cpu = d,

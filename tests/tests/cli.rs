@@ -78,7 +78,12 @@ fn validate_reports_each_stage_and_its_grants() {
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("pipeline `ok` is valid"));
     assert!(
-        out.stdout.contains("t (builtin:command): workspace: read-write; exec: cargo; http: https://*.azurecr.io:443"),
+        out.stdout.contains("t (builtin:command): workspace: read-write; exec: cargo; exec-network: none; exec confinement: "),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("; http: https://*.azurecr.io:443"),
         "{}",
         out.stdout
     );

@@ -1139,7 +1139,34 @@ fn gantry_killed_mid_exec_leaves_no_process_and_resume_continues() {
     child.kill().unwrap(); // SIGKILL: gantry cleans up nothing itself
     child.wait().unwrap();
     assert_eq!(left_behind(&mark), Vec::<String>::new());
+    let run_id = ws
+        .only_journal()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let stale = |run_id: &str| {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("gantry-{run_id}-evil-"))
+            })
+            .count()
+    };
+    assert_eq!(
+        stale(&run_id),
+        1,
+        "the killed gantry left the stage's temp dir"
+    );
     resume_succeeds(&ws);
+    assert_eq!(stale(&run_id), 0, "resume removed it (and its own)");
 }
 
 #[test]
@@ -1152,7 +1179,7 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
     // The system's python3, not a version manager's shim.
     let ws = Workspace::new().env("PATH", "/usr/bin:/bin");
     let script = format!(
-        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
+        "import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
         socket.display()
     );
     let out = contain(
@@ -1270,4 +1297,47 @@ fn a_run_forged_in_the_workspace_is_not_a_run() {
         assert_eq!(out.code, Some(2), "{}", out.all());
         assert!(out.stderr.contains("no run `1-forged`"), "{}", out.stderr);
     }
+}
+
+#[test]
+fn unconfined_exec_is_an_explicit_opt_out_that_plan_and_summary_show() {
+    let ws = Workspace::new().env("GANTRY_UNCONFINED_EXEC", "1");
+    let stage = exec_stage(
+        "sh",
+        &["-c", "touch unconfined.txt"],
+        "{}",
+        "{ exec: [sh] }",
+        "",
+    );
+    ws.manifest(&format!("pipeline: p\nstages:\n{stage}"));
+    let plan = ws.gantry(&["plan", "pipeline.yaml"]);
+    assert!(
+        plan.stdout.contains("grant exec confinement: UNCONFINED"),
+        "{}",
+        plan.all()
+    );
+    let out = ws.run();
+    assert!(out.succeeded("evil"), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("warning: programs started through exec ran UNCONFINED"),
+        "{}",
+        out.stdout
+    );
+    // Without Landlock, a read-only workspace is the user's to write.
+    assert!(ws.path().join("unconfined.txt").exists());
+    // Confined (the default), the plan says how.
+    let ws = Workspace::new();
+    ws.manifest(&format!("pipeline: p\nstages:\n{stage}"));
+    let plan = ws.gantry(&["plan", "pipeline.yaml"]);
+    assert!(
+        plan.stdout.contains("grant exec confinement: Landlock ABI"),
+        "{}",
+        plan.all()
+    );
+    assert!(
+        plan.stdout.contains("grant exec-network: none"),
+        "{}",
+        plan.all()
+    );
 }

@@ -236,7 +236,7 @@ struct Confinement {
     cgroup: Option<StageCgroup>,
     /// The stage's private TMPDIR, removed at the end.
     tmp: PathBuf,
-    pid_namespace: bool,
+    pid_namespace: sandbox::spawn::PidNamespace,
     net_namespace: bool,
     /// No unix sockets, where Landlock cannot filter their paths.
     seccomp: Option<sandbox::seccomp::Filter>,
@@ -349,7 +349,7 @@ impl ExecState {
             net_namespace: confine
                 && !self.grant.network
                 && support.landlock_abi < 4
-                && support.pid_namespace,
+                && support.pid_namespace != sandbox::spawn::PidNamespace::No,
             seccomp: (confine && !self.grant.network && support.landlock_abi < 9)
                 .then(sandbox::seccomp::Filter::new),
         });
@@ -513,6 +513,31 @@ fn make_private_tmp(run_id: &str, stage: &str) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!("cannot create a temp dir in {}", base.display())
+}
+
+/// Remove the temp dirs an earlier gantry made for `stage` of `run_id` and
+/// could not remove because it was killed; `gantry resume` calls this.
+pub fn remove_stale_tmp(run_id: &str, stage: &str) {
+    let prefix = format!("gantry-{run_id}-{stage}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // `<pid>-<n>` exactly, so that stage `a` never takes stage `a-b`'s.
+        let ours = rest.split_once('-').is_some_and(|(pid, n)| {
+            !pid.is_empty()
+                && !n.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        if ours {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Stream a child's output into the stage log line by line; returns its tail.

@@ -54,9 +54,8 @@ pub fn unconfined_opted_in() -> bool {
 pub struct Support {
     /// The Landlock ABI version; 0 when the kernel has no Landlock.
     pub landlock_abi: i32,
-    /// Programs can be started in a PID namespace of their own (root, or
-    /// CAP_SYS_ADMIN).
-    pub pid_namespace: bool,
+    /// How programs get a PID namespace of their own, if they can.
+    pub pid_namespace: spawn::PidNamespace,
     /// The directory per-stage pids cgroups are made in, when writable.
     pub cgroup: Option<PathBuf>,
 }
@@ -66,7 +65,7 @@ impl Support {
         static SUPPORT: OnceLock<Support> = OnceLock::new();
         SUPPORT.get_or_init(|| Support {
             landlock_abi: landlock::abi(),
-            pid_namespace: spawn::can_unshare_pid(),
+            pid_namespace: spawn::PidNamespace::detect(),
             cgroup: cgroup::root(),
         })
     }
@@ -74,14 +73,20 @@ impl Support {
     /// How exec'd programs will run, for `plan`, `validate` and the run's
     /// notes: one line.
     pub fn describe(&self) -> String {
-        let guard = match (self.pid_namespace, &self.cgroup) {
-            (true, Some(_)) => "a PID namespace per program, a pids cgroup per stage",
-            (true, None) => "a PID namespace per program, RLIMIT_NPROC",
-            (false, Some(_)) => "a process group per program, a pids cgroup per stage",
-            (false, None) => {
-                "a process group per program, RLIMIT_NPROC (descendants that call setsid may outlive the stage)"
+        use spawn::PidNamespace as P;
+        let ns = match self.pid_namespace {
+            P::Direct => "a PID namespace per program",
+            P::InUserNamespace => "a PID namespace (in a user namespace) per program",
+            P::No => {
+                "a process group per program (no PID namespace here: descendants that call \
+                 setsid may outlive the stage)"
             }
         };
+        let cap = match self.cgroup {
+            Some(_) => "a pids cgroup per stage",
+            None => "RLIMIT_NPROC",
+        };
+        let guard = format!("{ns}, {cap}");
         if unconfined_opted_in() {
             format!(
                 "UNCONFINED ({UNCONFINED_ENV}=1 or --unconfined-exec): programs run with your full access; {guard}"
