@@ -446,7 +446,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = new_runtime(options, &console)?;
             let mode = lock.mode(LockMode::Update);
             let Some(plugins) =
-                check_configs_with(&runtime, &file, &plan, console.as_ref(), mode).await
+                check_configs_with(&runtime, &file, &plan, console.as_ref(), mode, false).await
             else {
                 return Ok(ExitCode::from(2));
             };
@@ -569,7 +569,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let runtime = new_runtime(options, &console)?;
             let mode = lock.mode(LockMode::ReadOnly);
-            if check_configs_with(&runtime, &file, &plan, console.as_ref(), mode)
+            if check_configs_with(&runtime, &file, &plan, console.as_ref(), mode, true)
                 .await
                 .is_none()
             {
@@ -1148,7 +1148,7 @@ async fn check_configs(
     plan: &Plan,
     reporter: &dyn Reporter,
 ) -> Option<Plugins> {
-    check_configs_with(runtime, file, plan, reporter, LockMode::Update).await
+    check_configs_with(runtime, file, plan, reporter, LockMode::Update, false).await
 }
 
 /// Fetch the OCI plugins (as `mode` says), load every plugin and check each
@@ -1160,6 +1160,9 @@ async fn check_configs_with(
     plan: &Plan,
     reporter: &dyn Reporter,
     mode: LockMode,
+    // Also warn about declared capabilities without a target that nothing
+    // grants (`validate`: they may not be needed, so `run` stays quiet).
+    warn_declared: bool,
 ) -> Option<Plugins> {
     if let Err(errors) =
         crate::oci::fetch::fetch_plan(plan, runtime.cache_root.as_deref(), mode, reporter).await
@@ -1177,27 +1180,44 @@ async fn check_configs_with(
     let ctx = bare_context();
     let mut errors = vec![];
     let mut plugin_errors = vec![];
+    let mut warnings = vec![];
     let mut schemas: std::collections::HashMap<String, Option<serde_json::Value>> =
         Default::default();
+    let mut declared: std::collections::HashMap<String, Vec<_>> = Default::default();
     for unit in plan.stages.iter().chain(&plan.sinks) {
         let plugin = &plugins[&unit.field];
         if !schemas.contains_key(&plugin.digest) {
-            let schema = match describe(runtime, plugin, &ctx, reporter).await {
-                Ok(info) if info.config_schema.trim().is_empty() => None,
-                Ok(info) => serde_json::from_str(&info.config_schema)
-                    .map_err(|e| {
-                        plugin_errors.push(format!(
-                            "{}: its config schema is not JSON: {e}",
-                            plugin.label
-                        ))
-                    })
-                    .ok(),
+            let (schema, capabilities) = match describe(runtime, plugin, &ctx, reporter).await {
+                Ok(info) if info.config_schema.trim().is_empty() => (None, info.capabilities),
+                Ok(info) => (
+                    serde_json::from_str(&info.config_schema)
+                        .map_err(|e| {
+                            plugin_errors.push(format!(
+                                "{}: its config schema is not JSON: {e}",
+                                plugin.label
+                            ))
+                        })
+                        .ok(),
+                    info.capabilities,
+                ),
                 Err(e) => {
                     plugin_errors.push(format!("{}: {e:#}", unit.field));
-                    None
+                    (None, vec![])
                 }
             };
             schemas.insert(plugin.digest.clone(), schema);
+            declared.insert(plugin.digest.clone(), capabilities);
+        }
+        let missing = crate::capabilities::declared::missing(
+            &unit.grants,
+            &unit.field,
+            &unit.name,
+            &inspect_argument(&unit.source),
+            &declared[&plugin.digest],
+        );
+        plugin_errors.extend(missing.errors);
+        if warn_declared {
+            warnings.extend(missing.warnings);
         }
         if let Some(schema) = &schemas[&plugin.digest] {
             let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
@@ -1214,6 +1234,9 @@ async fn check_configs_with(
                 ));
             }
         }
+    }
+    for w in &warnings {
+        eprintln!("note: {w}");
     }
     let ok = plugin_errors.is_empty() && errors.is_empty();
     print_errors(&plugin_errors);

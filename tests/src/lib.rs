@@ -219,8 +219,8 @@ impl Workspace {
     }
 
     /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}`,
-    /// `{describe-loop}`, `{legacy}` are replaced by the paths of those test
-    /// plugins.
+    /// `{describe-loop}`, `{legacy}`, `{declares}` are replaced by the paths of
+    /// those test plugins.
     pub fn manifest(&self, yaml: &str) -> PathBuf {
         let mut text = yaml.to_string();
         for name in [
@@ -230,6 +230,7 @@ impl Workspace {
             "future-wit",
             "describe-loop",
             "legacy",
+            "declares",
         ] {
             text = text.replace(&format!("{{{name}}}"), &plugin(name).display().to_string());
         }

@@ -273,3 +273,40 @@ fn gantry_wit_writes_the_contract_it_speaks() {
         bad.stderr
     );
 }
+
+#[test]
+fn declared_capabilities_are_compared_with_grants_before_the_run() {
+    let ws = Workspace::new();
+    ws.manifest("pipeline: p\nstages:\n  - name: d\n    uses: \"{declares}\"\n");
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    for text in [
+        "error: stages[0] (`d`): its plugin needs to run a program `cargo` (builds the app), which is not granted: grant it with `stages[0].permissions.exec: [cargo]`",
+        "error: stages[0] (`d`): its plugin needs HTTP to an origin `https://crates.io/api` (looks up versions), which is not granted: grant it with `stages[0].permissions.http: [\"https://crates.io\"]`",
+        "note: stages[0] (`d`): depending on its configuration, its plugin may also ask for what `stages[0].permissions.secrets: [...]` grants (`gantry plugins inspect ",
+    ] {
+        assert!(out.stderr.contains(text), "{text}\n{}", out.stderr);
+    }
+    let run = ws.run();
+    assert_eq!(run.code, Some(2), "nothing runs: {}", run.all());
+    assert!(
+        !run.all().contains("declared, used nothing"),
+        "{}",
+        run.all()
+    );
+
+    // Granted as the errors say: valid and it runs; the warning about what
+    // depends on configuration is for `validate` only.
+    ws.manifest("pipeline: p\nstages:\n  - name: d\n    uses: \"{declares}\"\n    permissions: { exec: [cargo], http: [\"https://crates.io\"] }\n");
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("may also ask for what `stages[0].permissions.secrets: [...]` grants"),
+        "{}",
+        out.stderr
+    );
+    let run = ws.run();
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert!(!run.all().contains("may also ask"), "{}", run.all());
+}

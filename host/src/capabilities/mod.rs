@@ -12,6 +12,7 @@
 //! user is told which manifest field would grant it.
 
 pub mod cluster;
+pub mod declared;
 pub mod engine;
 pub mod env;
 pub mod exec;
