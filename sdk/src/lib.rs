@@ -19,7 +19,7 @@
 pub mod stage {
     wit_bindgen::generate!({
         world: "stage",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_stage",
         default_bindings_module: "gantry_sdk::stage",
@@ -31,7 +31,7 @@ pub mod stage {
 pub mod sink {
     wit_bindgen::generate!({
         world: "telemetry-sink",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_sink",
         default_bindings_module: "gantry_sdk::sink",
