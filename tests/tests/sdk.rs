@@ -19,13 +19,25 @@ fn the_sdk_packages_with_its_wit_and_builds_outside_the_repository() {
     // Verifying builds the packaged crate from its own files only.
     assert!(out.status.success(), "{stderr}");
     let list = Command::new(env!("CARGO"))
-        .args(["package", "--list", "--allow-dirty", "--offline", "--manifest-path"])
+        .args([
+            "package",
+            "--list",
+            "--allow-dirty",
+            "--offline",
+            "--manifest-path",
+        ])
         .arg(repo.join("sdk/Cargo.toml"))
         .output()
         .unwrap();
     let files = String::from_utf8_lossy(&list.stdout);
     let files: Vec<&str> = files.lines().collect();
-    for want in ["wit/host.wit", "wit/types.wit", "wit/worlds.wit", "README.md", "src/lib.rs"] {
+    for want in [
+        "wit/host.wit",
+        "wit/types.wit",
+        "wit/worlds.wit",
+        "README.md",
+        "src/lib.rs",
+    ] {
         assert!(files.contains(&want), "{want} not in {files:?}");
     }
     assert!(
