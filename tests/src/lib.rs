@@ -218,6 +218,22 @@ impl Workspace {
         path
     }
 
+    /// Run a pipeline of `stages` (YAML list items) followed by a benign
+    /// `noop` stage, and check the benign one still succeeded: whatever a
+    /// hostile stage tried, the rest of the run carries on.
+    pub fn run_beside_benign(&self, stages: &str) -> Output {
+        self.manifest(&format!(
+            "pipeline: contained\nstages:\n{stages}\n  - name: benign\n    uses: \"{{noop}}\"\n"
+        ));
+        let out = self.run();
+        assert!(
+            out.succeeded("benign"),
+            "the benign stage must still succeed:\n{}",
+            out.all()
+        );
+        out
+    }
+
     /// Write `pipeline.yaml`. `{hostile}`, `{noop}`, `{echo}`, `{future-wit}`,
     /// `{describe-loop}`, `{legacy}`, `{declares}` are replaced by the paths of
     /// those test plugins.

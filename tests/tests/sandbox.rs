@@ -4,22 +4,8 @@
 
 use gantry_e2e::{HttpServer, Output, Workspace};
 
-/// Run `stage` (YAML for one list item, named `evil`) followed by a benign stage.
-fn contain(ws: &Workspace, stage: &str) -> Output {
-    ws.manifest(&format!(
-        "pipeline: sandbox\nstages:\n{stage}\n  - name: benign\n    uses: \"{{noop}}\"\n"
-    ));
-    let out = ws.run();
-    assert!(
-        out.succeeded("benign"),
-        "the benign stage must still succeed:\n{}",
-        out.all()
-    );
-    out
-}
-
 fn attack(ws: &Workspace, attack: &str, target: &str, extra: &str) -> Output {
-    contain(
+    Workspace::run_beside_benign(
         ws,
         &format!(
             "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: {attack}, target: \"{target}\" }}\n{extra}"
@@ -323,7 +309,7 @@ fn telemetry_is_limited_by_size_and_count() {
         "sent more telemetry than its limit of 4.0 MiB or 10000 metrics and events (raise `limits.telemetry` or `limits.events`)",
     );
     // Small events, but more than `limits.events`.
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         "  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: telemetry-flood, args: [\"50\", \"10\"] }\n    limits: { events: 20 }\n",
     );
@@ -361,7 +347,7 @@ fn summaries_outputs_and_artifacts_are_limited_by_size() {
         "more than its limit of 1.0 KiB (raise `limits.artifacts`)",
     );
     // Within a raised limit the same summary is fine.
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         "  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: big-summary, target: \"100000\" }\n    limits: { summary: 128KiB }\n",
     );
@@ -390,7 +376,7 @@ fn engine_build_paths_are_checked_before_the_filesystem_is_touched() {
     std::os::unix::fs::symlink("/no/such/dir", ws.path().join("to-nowhere")).unwrap();
     let mut answers = vec![];
     for ctx in ["to-etc", "to-nowhere"] {
-        let out = contain(
+        let out = Workspace::run_beside_benign(
             &ws,
             &format!(
                 "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [{ctx}] }}\n{grant}"
@@ -442,7 +428,7 @@ fn the_engine_fetches_only_from_granted_registries() {
         format!("FROM scratch\nCOPY --from={exfil} /x /x\n"),
     ] {
         ws.write("ctx/Dockerfile", &dockerfile);
-        let out = contain(
+        let out = Workspace::run_beside_benign(
             &ws,
             &format!(
                 "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [ctx] }}\n{engine_only}"
@@ -466,7 +452,7 @@ fn the_engine_fetches_only_from_granted_registries() {
         ),
     ] {
         ws.write("ctx/Dockerfile", &dockerfile);
-        let out = contain(
+        let out = Workspace::run_beside_benign(
             &ws,
             &format!(
                 "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: engine-build, target: Dockerfile, args: [ctx] }}\n{engine_only}"
@@ -568,7 +554,7 @@ fn exec_runs_granted_programs_with_a_cleared_environment() {
     let ws = Workspace::new()
         .env("GANTRY_TEST_VISIBLE", "seen")
         .env("GANTRY_TEST_HIDDEN", "unseen");
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         "  - name: evil\n    uses: \"{hostile}\"\n    with: { attack: exec, target: sh, args: [-c, env] }\n    permissions: { exec: [sh], env: [GANTRY_TEST_VISIBLE] }\n",
     );
@@ -590,7 +576,7 @@ fn exec_cannot_leave_the_workspace_by_cwd() {
     let ws = Workspace::new();
     std::os::unix::fs::symlink("/", ws.path().join("root-link")).unwrap();
     for cwd in ["..", "/tmp", "root-link"] {
-        let out = contain(
+        let out = Workspace::run_beside_benign(
             &ws,
             &format!(
                 "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: exec, target: sh, cwd: \"{cwd}\" }}\n    permissions: {{ exec: [sh] }}\n"
@@ -851,7 +837,7 @@ fn exec_cannot_write_outside_the_workspace_or_a_read_only_one() {
         "touch {} ; touch pwned.txt ; touch $TMPDIR/scratch && echo tmp-ok",
         target.display()
     );
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage("sh", &["-c", &script], "{}", "{ exec: [sh] }", ""),
     );
@@ -868,7 +854,7 @@ fn exec_cannot_write_outside_the_workspace_or_a_read_only_one() {
         "wrote a read-only workspace"
     );
     // With `workspace: write` the workspace is writable, outside still is not.
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "sh",
@@ -888,19 +874,20 @@ fn exec_reads_only_granted_paths_outside_the_workspace() {
     let (dir, file) = outside_secret();
     let ws = Workspace::new();
     let args = ["-c", &format!("cat {}", file.display())];
-    let out = contain(&ws, &exec_stage("sh", &args, "{}", "{ exec: [sh] }", ""));
+    let out =
+        Workspace::run_beside_benign(&ws, &exec_stage("sh", &args, "{}", "{ exec: [sh] }", ""));
     assert!(out.stdout.contains("Permission denied"), "{}", out.stdout);
     assert!(!out.all().contains("TOP-SECRET-OUTSIDE"));
     let granted = format!(
         "{{ exec: [sh], exec-read: [\"{}\"] }}",
         dir.path().display()
     );
-    let out = contain(&ws, &exec_stage("sh", &args, "{}", &granted, ""));
+    let out = Workspace::run_beside_benign(&ws, &exec_stage("sh", &args, "{}", &granted, ""));
     assert!(out.succeeded("evil"), "{}", out.all());
     assert!(out.stdout.contains("TOP-SECRET-OUTSIDE"), "{}", out.stdout);
     // Writing it takes `exec-write`.
     let write = ["-c", &format!("echo changed > {}", file.display())];
-    contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
+    Workspace::run_beside_benign(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         "TOP-SECRET-OUTSIDE"
@@ -909,7 +896,7 @@ fn exec_reads_only_granted_paths_outside_the_workspace() {
         "{{ exec: [sh], exec-write: [\"{}\"] }}",
         dir.path().display()
     );
-    let out = contain(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
+    let out = Workspace::run_beside_benign(&ws, &exec_stage("sh", &write, "{}", &granted, ""));
     assert!(out.succeeded("evil"), "{}", out.all());
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "changed\n");
 }
@@ -922,14 +909,14 @@ fn exec_has_no_network_unless_granted() {
         "exec 3<>/dev/tcp/127.0.0.1/{} && echo CONNECTED || echo connect-refused",
         server.port
     );
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage("bash", &["-c", &script], "{}", "{ exec: [bash] }", ""),
     );
     assert!(out.stdout.contains("connect-refused"), "{}", out.stdout);
     assert!(!out.stdout.contains("CONNECTED"), "{}", out.stdout);
     assert_eq!(server.hits(), 0, "no connection may be made");
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "bash",
@@ -952,7 +939,7 @@ fn exec_refuses_variables_that_change_how_programs_are_loaded() {
         ("GCONV_PATH", "."),
         ("TMPDIR", "/tmp"),
     ] {
-        let out = contain(
+        let out = Workspace::run_beside_benign(
             &ws,
             &exec_stage(
                 "true",
@@ -982,7 +969,7 @@ fn exec_skips_relative_path_entries() {
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:.:", std::env::var("PATH").unwrap());
     let ws = ws.env("PATH", &path);
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "gantry-planted",
@@ -1007,7 +994,7 @@ fn a_fork_bomb_is_capped_by_the_process_limit() {
     let script = format!(
         "i=0; while [ $i -lt 200 ]; do sh -c 'sleep 600; :' {mark} & i=$((i+1)); done; echo spawned; wait"
     );
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "sh",
@@ -1032,7 +1019,7 @@ fn nothing_an_exec_started_outlives_it() {
     // A new session holding the output pipe, and a double fork.
     let script =
         format!("setsid sh -c 'sleep 600; :' {a} & (sh -c 'sleep 600; :' {b} &) ; echo started");
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "sh",
@@ -1054,7 +1041,7 @@ fn a_stage_killed_by_its_timeout_leaves_nothing() {
     let ws = Workspace::new();
     let mark = marker("timeout");
     let script = format!("setsid sh -c 'sleep 600; :' {mark} & sh -c 'sleep 600; :' {mark}");
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "sh",
@@ -1182,13 +1169,13 @@ fn exec_cannot_connect_to_a_unix_socket_by_path_unless_granted_network() {
         "import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect('{}'); print('CONNECTED')\nexcept OSError as e:\n    print('unix socket refused:', e)",
         socket.display()
     );
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage("python3", &["-c", &script], "{}", "{ exec: [python3] }", ""),
     );
     assert!(out.stdout.contains("unix socket refused"), "{}", out.all());
     assert!(listener.accept().is_err(), "no connection may be made");
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &exec_stage(
             "python3",
@@ -1226,7 +1213,7 @@ fn links_planted_where_host_records_were_lead_nowhere() {
         format!(".gantry/state=../../{name}/state"),
     ];
     let args: Vec<String> = links.iter().map(|l| format!("\"{l}\"")).collect();
-    let out = contain(
+    let out = Workspace::run_beside_benign(
         &ws,
         &format!(
             "  - name: evil\n    uses: \"{{hostile}}\"\n    with: {{ attack: symlinks, args: [{}] }}\n    permissions: {{ workspace: write }}\n",

@@ -73,7 +73,7 @@ pub fn missing(
         if !granted {
             out.errors.push(format!(
                 "{field} (`{name}`): its plugin needs {} ({}), which is not granted: grant it with `{field}.permissions.{}`",
-                what(cap.kind, Some(target)),
+                what(cap.kind, target),
                 cap.reason,
                 grant_field(cap.kind, Some(target))
             ));
@@ -92,16 +92,16 @@ pub fn missing(
     out
 }
 
-fn what(kind: K, target: Option<&str>) -> String {
-    let t = |s: &str| target.map_or(s.to_string(), |t| format!("{s} `{t}`"));
+/// A declared capability with its target, in words.
+fn what(kind: K, target: &str) -> String {
     match kind {
         K::WorkspaceWrite => "to write the workspace".into(),
-        K::Exec => t("to run a program"),
-        K::Secret => t("a secret"),
-        K::Env => t("a host variable"),
-        K::Http => t("HTTP to an origin"),
+        K::Exec => format!("to run a program `{target}`"),
+        K::Secret => format!("a secret `{target}`"),
+        K::Env => format!("a host variable `{target}`"),
+        K::Http => format!("HTTP to an origin `{target}`"),
         K::Engine => "the container engine".into(),
-        K::Cluster => t("a cluster namespace"),
+        K::Cluster => format!("a cluster namespace `{target}`"),
     }
 }
 

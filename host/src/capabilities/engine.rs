@@ -147,11 +147,11 @@ impl EngineState {
             )));
         }
         // What the engine would fetch for this build, checked before it starts.
-        let text = read_dockerfile(&self.workspace, &context, &dockerfile)
+        let text = read_dockerfile(&context, &dockerfile)
             .map_err(|e| failed(format!("Dockerfile `{dockerfile}`: {e}")))?;
-        let fetches = super::registries::dockerfile_fetches(&text, &req.build_args)
+        let images = super::registries::dockerfile_images(&text, &req.build_args)
             .map_err(|e| HostError::Invalid(format!("{dockerfile}: {e}")))?;
-        for image in &fetches.images {
+        for image in &images {
             self.check_registry(image, "the build's image")?;
         }
         let tarball = {
@@ -277,15 +277,16 @@ impl EngineState {
     }
 }
 
-/// The Dockerfile's text, read only where it resolves inside the workspace (the
+/// The Dockerfile's text, read only where it resolves inside the context (the
 /// caller checked the name lexically and that it is no link; a linked directory
 /// on the way must not make gantry read, and quote, a file outside).
-fn read_dockerfile(workspace: &Path, context: &Path, dockerfile: &str) -> Result<String, String> {
+fn read_dockerfile(context: &Path, dockerfile: &str) -> Result<String, String> {
     /// More than any real Dockerfile; a bound on what is read into memory.
     const MAX: u64 = 1 << 20;
     let path = context.join(dockerfile);
     let real = path.canonicalize().map_err(|e| e.to_string())?;
-    if !real.starts_with(workspace) || !real.starts_with(context) {
+    // `context` was resolved inside the workspace already.
+    if !real.starts_with(context) {
         return Err("it leads outside the build context".into());
     }
     let mut text = String::new();

@@ -103,29 +103,19 @@ pub fn registry_of(reference: &str) -> String {
     }
 }
 
-/// What a Dockerfile makes the engine fetch.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct DockerfileFetches {
-    /// Image references (`FROM`, `COPY --from`), after build-argument expansion,
-    /// without `scratch` and without references to the file's own stages.
-    pub images: Vec<String>,
-}
-
-/// Read `text` as the engine's classic builder would, far enough to list what it
-/// fetches. `args` are the build's `--build-arg`s. A reference that still holds
+/// Read `text` as the engine's classic builder would, far enough to list the
+/// images it fetches (`FROM`, `COPY --from`), after build-argument expansion,
+/// without `scratch` and the file's own stages. `args` are the build's `--build-arg`s. A reference that still holds
 /// a variable after expansion, and `ADD` from a URL, are errors: what the
 /// engine would fetch must be known before it starts.
-pub fn dockerfile_fetches(
-    text: &str,
-    args: &[(String, String)],
-) -> Result<DockerfileFetches, String> {
+pub fn dockerfile_images(text: &str, args: &[(String, String)]) -> Result<Vec<String>, String> {
     let escape = escape_directive(text);
     let given: HashMap<&str, &str> = args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // Arguments declared before the first FROM are the only ones FROM sees.
     let mut global: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<String> = vec![];
     let mut seen_from = false;
-    let mut out = DockerfileFetches::default();
+    let mut images = vec![];
     for (line_no, line) in instructions(text, escape) {
         let mut words = line.split_whitespace();
         let Some(keyword) = words.next() else {
@@ -158,7 +148,7 @@ pub fn dockerfile_fetches(
                 let image = expand(image, &global).map_err(at)?;
                 let own_stage = stages.contains(&image.to_ascii_lowercase());
                 if !own_stage && !image.eq_ignore_ascii_case("scratch") {
-                    out.images.push(image);
+                    images.push(image);
                 }
                 if let (Some(kw), Some(name)) = (words.next(), words.next())
                     && kw.eq_ignore_ascii_case("as")
@@ -180,7 +170,7 @@ pub fn dockerfile_fetches(
                     let is_stage = from.parse::<usize>().is_ok()
                         || stages.contains(&from.to_ascii_lowercase());
                     if !is_stage {
-                        out.images.push(from.to_string());
+                        images.push(from.to_string());
                     }
                 }
                 if keyword.eq_ignore_ascii_case("ADD") {
@@ -198,7 +188,7 @@ pub fn dockerfile_fetches(
             _ => {}
         }
     }
-    Ok(out)
+    Ok(images)
 }
 
 fn is_remote(source: &str) -> bool {
@@ -310,7 +300,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        dockerfile_fetches(text, &args).map(|f| f.images)
+        dockerfile_images(text, &args)
     }
 
     #[test]
