@@ -71,6 +71,7 @@ async fn warm_start(wasm: &Path, pooling: bool) -> Stats {
     let runtime = Runtime::new(RuntimeOptions {
         cache_dir: None,
         pooling,
+        ..RuntimeOptions::default()
     })
     .unwrap();
     let bytes = PluginBytes::new("noop".into(), std::fs::read(wasm).unwrap().into());

@@ -62,6 +62,11 @@ struct Global {
     /// Landlock, where `exec` is refused otherwise; plan and summary say so.
     #[arg(long, global = true)]
     unconfined_exec: bool,
+    /// Which compiler turns plugins into native code [default: $GANTRY_COMPILER, else cranelift].
+    /// winch compiles several times faster and runs slower: worth it for a big Python or
+    /// JavaScript plugin on a cold cache; code is cached per compiler.
+    #[arg(long, global = true, value_enum, value_name = "COMPILER")]
+    compiler: Option<crate::runtime::Compiler>,
 }
 
 #[derive(Subcommand)]
@@ -127,10 +132,14 @@ enum Command {
         Resolves each `oci://` reference (and each `plugins:` alias with `oci:`) to the digest \
         of its manifest and of its component, pulls and checks the component (it is cached by \
         digest), and writes gantry.lock next to the manifest: sorted, one [[plugin]] per \
-        reference, only references the manifest uses. Run it again to accept moved tags.")]
+        reference, only references the manifest uses, then compiles each plugin for this \
+        machine into the compile cache so that the first run does not wait for it. Run it \
+        again to accept moved tags.")]
     Lock {
         /// The pipeline manifest (YAML).
         manifest: PathBuf,
+        #[command(flatten)]
+        compile: CompileArg,
     },
     /// Continue a run whose host died, without re-running finished stages.
     #[command(
@@ -386,7 +395,16 @@ enum PluginsCommand {
         reference: String,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        compile: CompileArg,
     },
+}
+
+#[derive(Args)]
+struct CompileArg {
+    /// Only fetch and check; do not compile for this machine (the first run will).
+    #[arg(long)]
+    no_compile: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -416,6 +434,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .cache_dir
                 .clone()
                 .or_else(crate::runtime::cache::CompileCache::default_dir)
+        },
+        compiler: match cli.global.compiler {
+            Some(c) => c,
+            None => crate::runtime::Compiler::from_env()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or_default(),
         },
         ..RuntimeOptions::default()
     };
@@ -651,7 +675,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out!(@raw "{}", crate::show::logs(&dir, stage.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lock { manifest } => lock(&manifest, options.cache_dir.as_deref(), &console).await,
+        Command::Lock { manifest, compile } => {
+            let cache = options.cache_dir.clone();
+            let code = lock(&manifest, cache.as_deref(), &console).await?;
+            if code != ExitCode::SUCCESS || compile.no_compile {
+                return Ok(code);
+            }
+            let store = crate::oci::store::Store::open(cache.as_deref());
+            let lock = crate::oci::lockfile::Lockfile::read(
+                &crate::oci::lockfile::Lockfile::path_for(&manifest),
+            )?;
+            let runtime = new_runtime(options, &console)?;
+            for pin in lock.pins.values() {
+                if let Some(bytes) = store.get(&pin.layer_digest) {
+                    precompile(&runtime, &pin.reference, bytes, &console)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(PluginsCommand::Push {
             file,
             reference,
@@ -660,7 +701,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(PluginsCommand::Pull {
             reference,
             registry,
-        }) => pull(&reference, &registry, options.cache_dir.as_deref()).await,
+            compile,
+        }) => {
+            let bytes = pull(&reference, &registry, options.cache_dir.as_deref()).await?;
+            if !compile.no_compile {
+                let runtime = new_runtime(options, &console)?;
+                precompile(&runtime, &reference, bytes, &console)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Wit { dir, version } => {
             let files = crate::wit_files(&version);
             match dir {
@@ -1111,12 +1160,12 @@ async fn push(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `gantry plugins pull`: fetch, check and cache one plugin.
+/// `gantry plugins pull`: fetch, check and cache one plugin; its bytes.
 async fn pull(
     reference: &str,
     registry: &RegistryArgs,
     cache_dir: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<Vec<u8>> {
     let plugin = crate::oci::OciPlugin::new(reference, None, registry.insecure)
         .map_err(anyhow::Error::msg)?;
     let client = registry.client(&plugin.reference)?;
@@ -1125,7 +1174,46 @@ async fn pull(
     crate::oci::store::Store::open(cache_dir).put(&pin.layer_digest, &bytes);
     println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
     println!("component: {}", pin.layer_digest);
-    Ok(ExitCode::SUCCESS)
+    Ok(bytes)
+}
+
+/// Compile a fetched plugin into the compile cache now (`pull`, `lock`), so
+/// that the first run does not pay for it: seconds to minutes for a big
+/// Python or JavaScript component. A spinner with the elapsed time shows on a
+/// terminal; wasmtime reports no finer progress.
+fn precompile(
+    runtime: &Runtime,
+    label: &str,
+    bytes: Vec<u8>,
+    console: &Arc<dyn Reporter>,
+) -> anyhow::Result<()> {
+    if runtime.cache().dir().is_none() {
+        return Ok(()); // nothing would keep the result
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "compiling {label} ({:.1} MB)",
+        bytes.len() as f64 / 1e6
+    ));
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let source = crate::plugins::PluginBytes::new(label.to_string(), bytes.into());
+    let loaded = runtime.load_reporting(&source, &crate::report::Silent);
+    spinner.finish_and_clear();
+    let plugin = loaded?;
+    match plugin.cache {
+        crate::runtime::cache::CacheOutcome::Hit => {
+            console.note(&format!("{label}: already compiled for this machine"))
+        }
+        _ => console.note(&format!(
+            "{label}: compiled for this machine in {:.1}s",
+            started.elapsed().as_secs_f64()
+        )),
+    }
+    Ok(())
 }
 
 /// When a pushed component was made: SOURCE_DATE_EPOCH when set (reproducible

@@ -148,3 +148,56 @@ fn the_cache_is_bounded_and_prunes_the_least_recently_used() {
     let info = ws.gantry(&["cache", "info"]);
     assert!(info.stdout.contains("0 component(s)"), "{}", info.all());
 }
+
+#[test]
+fn each_compiler_has_its_own_cache_entries_and_a_wrong_name_is_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let ws = Workspace::new().with_cache(cache.path());
+    ws.manifest(MANIFEST);
+    let winch = ws.gantry(&["--compiler", "winch", "run", "pipeline.yaml", "--verbose"]);
+    assert_eq!(winch.code, Some(0), "{}", winch.all());
+    assert!(
+        winch.stdout.contains("(compile cache: Stored)"),
+        "{}",
+        winch.stdout
+    );
+    // Cranelift's code is not Winch's: compiled again, kept beside it.
+    let cranelift = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert!(
+        cranelift.stdout.contains("(compile cache: Stored)"),
+        "{}",
+        cranelift.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("components"))
+            .unwrap()
+            .count(),
+        2
+    );
+    let again = Workspace::new()
+        .with_cache(cache.path())
+        .env("GANTRY_COMPILER", "WINCH");
+    again.manifest(MANIFEST);
+    let out = again.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert!(out.stdout.contains("(compile cache: Hit)"), "{}", out.all());
+
+    let wrong = Workspace::new()
+        .with_cache(cache.path())
+        .env("GANTRY_COMPILER", "llvm");
+    wrong.manifest(MANIFEST);
+    let out = wrong.gantry(&["run", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("GANTRY_COMPILER=llvm: expected cranelift or winch"),
+        "{}",
+        out.stderr
+    );
+    let out = ws.gantry(&["--compiler", "llvm", "run", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("invalid value 'llvm'"),
+        "{}",
+        out.stderr
+    );
+}

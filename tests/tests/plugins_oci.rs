@@ -868,3 +868,51 @@ fn a_schema_error_under_an_oci_plugin_hints_an_inspect_that_works() {
         "the schema names echo's fields: {info}"
     );
 }
+
+#[test]
+fn pull_and_lock_compile_the_plugin_so_the_first_run_does_not() {
+    let (_registry, ws, reference, _) = echo_in_registry();
+    let out = pull(&ws, &reference);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains("compiled for this machine in"),
+        "{}",
+        out.all()
+    );
+    echo_pipeline(&ws, &reference, "");
+    let run = ws.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert!(
+        run.stdout.contains("(compile cache: Hit)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("compiling "), "{}", run.stdout);
+
+    // `gantry lock` on a cold cache does the same for every locked plugin.
+    let cold = Workspace::new().with_fresh_cache();
+    echo_pipeline(&cold, &reference, "");
+    let out = cold.gantry(&["lock", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains("compiled for this machine in"),
+        "{}",
+        out.all()
+    );
+    let run = cold.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert!(run.stdout.contains("(compile cache: Hit)"), "{}", run.all());
+
+    // --no-compile leaves it to the first run, which says so.
+    let lazy = Workspace::new().with_fresh_cache();
+    let out = lazy.gantry(&["plugins", "pull", &reference, "--insecure", "--no-compile"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(!out.all().contains("compiled"), "{}", out.all());
+    echo_pipeline(&lazy, &reference, "");
+    let run = lazy.gantry(&["run", "pipeline.yaml", "--verbose"]);
+    assert!(
+        run.stdout.contains("(compile cache: Stored)"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("compiling "), "{}", run.stdout);
+}

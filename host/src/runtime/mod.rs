@@ -44,6 +44,32 @@ pub struct RuntimeOptions {
     /// Use the pooling allocator (faster instantiation); falls back to on-demand
     /// allocation when the address space cannot be reserved.
     pub pooling: bool,
+    /// Which compiler turns components into native code.
+    pub compiler: Compiler,
+}
+
+/// Which compiler wasmtime uses. Cranelift makes fast code slowly; Winch, a
+/// baseline compiler, makes slower code several times faster, which pays off
+/// when a big component (a Python or JavaScript plugin, 12-20 MB) would
+/// otherwise be compiled for longer than it runs. Compiled code is cached per
+/// compiler (the engine's compatibility hash tells them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Compiler {
+    #[default]
+    Cranelift,
+    Winch,
+}
+
+impl Compiler {
+    /// `GANTRY_COMPILER`, when set to a known name.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var("GANTRY_COMPILER") {
+            Err(_) => Ok(None),
+            Ok(v) => <Self as clap::ValueEnum>::from_str(&v, true)
+                .map(Some)
+                .map_err(|_| format!("GANTRY_COMPILER={v}: expected cranelift or winch")),
+        }
+    }
 }
 
 impl Default for RuntimeOptions {
@@ -51,6 +77,7 @@ impl Default for RuntimeOptions {
         Self {
             cache_dir: CompileCache::default_dir(),
             pooling: true,
+            compiler: Compiler::default(),
         }
     }
 }
@@ -87,9 +114,14 @@ enum Pre {
     SinkV0_1(TelemetrySinkPreV0_1<StageState>),
 }
 
-fn engine_config(pooling: bool) -> Config {
+/// The engine settings gantry runs with (public for the compile-cost bench).
+pub fn engine_config(pooling: bool, compiler: Compiler) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    config.strategy(match compiler {
+        Compiler::Cranelift => wasmtime::Strategy::Cranelift,
+        Compiler::Winch => wasmtime::Strategy::Winch,
+    });
     config.epoch_interruption(true);
     // Deep enough for real programs; unbounded recursion still traps quickly.
     // The fiber that runs the guest must be larger than the wasm stack plus what
@@ -116,9 +148,9 @@ fn engine_config(pooling: bool) -> Config {
 
 impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
-        let engine = match Engine::new(&engine_config(options.pooling)) {
+        let engine = match Engine::new(&engine_config(options.pooling, options.compiler)) {
             Ok(engine) => engine,
-            Err(_) if options.pooling => Engine::new(&engine_config(false))?,
+            Err(_) if options.pooling => Engine::new(&engine_config(false, options.compiler))?,
             Err(e) => {
                 return Err(anyhow::Error::from(e).context("cannot create the wasmtime engine"));
             }
