@@ -601,11 +601,15 @@ fn resolve_uses(
         let alias_error = |message: String, help: Option<String>| {
             file.error(&alias.referenced, &alias_field, message, help)
         };
-        let oci_only = a.username_secret.is_some() || a.password_secret.is_some() || a.insecure;
+        let oci_only = a.username_secret.is_some()
+            || a.password_secret.is_some()
+            || a.insecure
+            || a.verify.is_some();
         match (&a.path, &a.builtin, &a.oci) {
             (Some(_), None, None) | (None, Some(_), None) if oci_only => {
                 errors.push(alias_error(
-                    "`username-secret`, `password-secret` and `insecure` only go with `oci`".into(),
+                    "`username-secret`, `password-secret`, `insecure` and `verify` only go with `oci`"
+                        .into(),
                     None,
                 ));
                 return None;
@@ -652,6 +656,26 @@ fn resolve_uses(
                     ));
                     return None;
                 }
+                let plugin = match (plugin, &a.verify) {
+                    (Ok(p), Some(v)) => {
+                        match crate::oci::signature::TrustedKey::read(
+                            &dir.join(&v.value.key),
+                            &v.value.key,
+                        ) {
+                            Ok(key) => Ok(p.with_key(key)),
+                            Err(e) => {
+                                errors.push(file.error(
+                                    &v.referenced,
+                                    &format!("{alias_field}.verify.key"),
+                                    e,
+                                    Some("`key` is a cosign public key (`cosign.pub`), relative to the manifest's directory".into()),
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                    (plugin, _) => plugin,
+                };
                 Some(plugin.map(|p| PluginSource::Oci(std::sync::Arc::new(p))))
             }
             _ => {
