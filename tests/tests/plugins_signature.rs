@@ -417,3 +417,32 @@ fn a_signature_is_found_through_the_referrers_api_where_the_registry_has_one() {
         "{requests:?}"
     );
 }
+
+#[test]
+fn the_signature_is_checked_against_the_locked_digest_and_relocking_needs_one() {
+    let s = Signed::new();
+    s.sign_tag(&[s.layer(&s.key, &s.digest)]);
+    assert_eq!(s.ws.gantry(&["lock", "pipeline.yaml"]).code, Some(0));
+    let lock = std::fs::read_to_string(s.ws.path().join("gantry.lock")).unwrap();
+
+    // The tag moves to other, unsigned bytes: runs keep the locked, signed digest.
+    let moved = push(&s.ws, "noop", &s.reference, &[]);
+    assert_ne!(moved, s.digest);
+    s.runs("echo: signed and sealed");
+
+    // Accepting the new digest needs a signature of it.
+    let stderr = fails(&s.ws, &["lock", "pipeline.yaml"], 2, "no signature found");
+    assert!(stderr.contains(&format!("@{moved}: ")), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(s.ws.path().join("gantry.lock")).unwrap(),
+        lock,
+        "the lock is unchanged"
+    );
+    cosign::push_tag_signature(&s.registry.addr, REPO, &moved, &[s.layer(&s.key, &moved)]);
+    assert_eq!(s.ws.gantry(&["lock", "pipeline.yaml"]).code, Some(0));
+    let relocked = std::fs::read_to_string(s.ws.path().join("gantry.lock")).unwrap();
+    assert!(
+        relocked.contains(&format!("manifest-digest = \"{moved}\"")),
+        "{relocked}"
+    );
+}
