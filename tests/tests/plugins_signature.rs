@@ -143,6 +143,18 @@ fn a_signed_plugin_runs_and_runs_offline_verifying_again_from_the_cache() {
         "{lock}"
     );
 
+    // `plan` says which key signed it.
+    let out = s.ws.gantry(&["plan", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!(
+            "signed by cosign.pub ({}…) (cosign signature verified)",
+            s.key.short_fingerprint()
+        )),
+        "{}",
+        out.stdout
+    );
+
     // The registry is gone: the signature kept in the cache is verified again.
     let addr = s.registry.addr.clone();
     let Signed { registry, ws, .. } = s;
