@@ -251,6 +251,8 @@ impl Plan {
         plan.check_expressions(file, &mut errors);
         if !errors.is_empty() {
             errors.sort_by_key(ManifestError::offset);
+            // An alias used by several stages is checked once per use.
+            errors.dedup_by(|a, b| a.offset() == b.offset() && a.to_string() == b.to_string());
             return Err(ManifestErrors(errors));
         }
         Ok(plan)
@@ -853,6 +855,17 @@ mod tests {
         );
         assert!(with("builtin: command, insecure: true").contains("only go with `oci`"));
         assert!(with("oci: p/x:1").contains("does not start with a registry host"));
+        // A key that cannot be read, reported once though two stages use the alias.
+        let twice = plan_errors(
+            "pipeline: p\nplugins:\n  x: { oci: \"ghcr.io/p/x:1\", verify: { key: missing.pub } }\nstages:\n  - { name: a, uses: x }\n  - { name: b, uses: x }\n",
+        );
+        assert_eq!(
+            twice
+                .matches("plugins.x.verify.key: cannot read the public key missing.pub")
+                .count(),
+            1,
+            "{twice}"
+        );
         let direct =
             plan_errors("pipeline: p\nstages:\n  - { name: a, uses: \"oci://ghcr.io/P\" }\n");
         assert!(
