@@ -393,10 +393,29 @@ enum PluginsCommand {
     Pull {
         /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:...`.
         reference: String,
+        /// Refuse the plugin unless a cosign signature by this public key
+        /// (PEM, ECDSA P-256, as `cosign generate-key-pair` writes) verifies.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryArgs,
         #[command(flatten)]
         compile: CompileArg,
+    },
+    /// Check that a plugin's manifest digest carries a cosign signature by a
+    /// key (the cosign tag `sha256-<hex>.sig` or an OCI referrer), without
+    /// pulling the component. Exits 1 when none verifies.
+    #[command(
+        after_help = "Example:\n  gantry plugins verify oci://127.0.0.1:5000/plugins/echo:1 --key cosign.pub --insecure"
+    )]
+    Verify {
+        /// `oci://registry/repo:tag` or `oci://registry/repo@sha256:...`.
+        reference: String,
+        /// The public key (PEM, ECDSA P-256, as `cosign generate-key-pair` writes).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
 }
 
@@ -700,16 +719,30 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => push(&file, &reference, &registry).await,
         Command::Plugins(PluginsCommand::Pull {
             reference,
+            key,
             registry,
             compile,
         }) => {
-            let bytes = pull(&reference, &registry, options.cache_dir.as_deref()).await?;
+            let cache = options.cache_dir.clone();
+            let bytes = pull(
+                &reference,
+                key.as_deref(),
+                &registry,
+                cache.as_deref(),
+                console.as_ref(),
+            )
+            .await?;
             if !compile.no_compile {
                 let runtime = new_runtime(options, &console)?;
                 precompile(&runtime, &reference, bytes, &console)?;
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plugins(PluginsCommand::Verify {
+            reference,
+            key,
+            registry,
+        }) => verify(&reference, &key, &registry, console.as_ref()).await,
         Command::Wit { dir, version } => {
             let files = crate::wit_files(&version);
             match dir {
@@ -807,7 +840,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let bytes = match &source {
                 PluginSource::Oci(oci) => {
                     let client = registry.client(&oci.reference)?;
-                    let (_, bytes) = crate::oci::fetch::resolve(&client, oci).await?;
+                    let store = crate::oci::store::Store::open(None);
+                    let (_, bytes) =
+                        crate::oci::fetch::resolve(&client, oci, &store, console.as_ref()).await?;
                     crate::plugins::PluginBytes::new(
                         oci.written.clone(),
                         std::borrow::Cow::Owned(bytes),
@@ -1160,18 +1195,37 @@ async fn push(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The plugin `reference` names, requiring a signature by `key` if given.
+fn plugin_arg(
+    reference: &str,
+    key: Option<&std::path::Path>,
+    registry: &RegistryArgs,
+) -> anyhow::Result<crate::oci::OciPlugin> {
+    let plugin = crate::oci::OciPlugin::new(reference, None, registry.insecure)
+        .map_err(anyhow::Error::msg)?;
+    Ok(match key {
+        Some(k) => plugin.with_key(
+            crate::oci::signature::TrustedKey::read(k, &k.display().to_string())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => plugin,
+    })
+}
+
 /// `gantry plugins pull`: fetch, check and cache one plugin; its bytes.
 async fn pull(
     reference: &str,
+    key: Option<&std::path::Path>,
     registry: &RegistryArgs,
     cache_dir: Option<&std::path::Path>,
+    reporter: &dyn Reporter,
 ) -> anyhow::Result<Vec<u8>> {
-    let plugin = crate::oci::OciPlugin::new(reference, None, registry.insecure)
-        .map_err(anyhow::Error::msg)?;
+    let plugin = plugin_arg(reference, key, registry)?;
     let client = registry.client(&plugin.reference)?;
-    let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin).await?;
+    let store = crate::oci::store::Store::open(cache_dir);
+    let (pin, bytes) = crate::oci::fetch::resolve(&client, &plugin, &store, reporter).await?;
     crate::runtime::loader::check_header(&plugin.written, &bytes)?;
-    crate::oci::store::Store::open(cache_dir).put(&pin.layer_digest, &bytes);
+    store.put(&pin.layer_digest, &bytes);
     println!("{}@{}", plugin.reference.named(), pin.manifest_digest);
     println!("component: {}", pin.layer_digest);
     Ok(bytes)
@@ -1214,6 +1268,39 @@ fn precompile(
         )),
     }
     Ok(())
+}
+
+/// `gantry plugins verify`: the signature check alone, always against the
+/// registry (no cache: signatures kept from earlier checks are not consulted).
+async fn verify(
+    reference: &str,
+    key: &std::path::Path,
+    registry: &RegistryArgs,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<ExitCode> {
+    let plugin = plugin_arg(reference, Some(key), registry)?;
+    let client = registry.client(&plugin.reference)?;
+    let store = crate::oci::store::Store::open(None);
+    match crate::oci::fetch::resolve_manifest(&client, &plugin, &store, reporter).await {
+        Ok(pin) => {
+            println!(
+                "verified: {}@{} is signed by {}",
+                plugin.reference.named(),
+                pin.manifest_digest,
+                plugin
+                    .verify
+                    .as_ref()
+                    .map(|k| k.describe())
+                    .unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ crate::oci::OciError::Unsigned { .. }) => {
+            eprintln!("error: {}: {e}", plugin.written);
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// When a pushed component was made: SOURCE_DATE_EPOCH when set (reproducible

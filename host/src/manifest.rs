@@ -27,7 +27,8 @@ pub struct Manifest {
     #[schemars(with = "Option<String>")]
     pub workspace: Option<Spanned<String>>,
     /// Aliases for plugins: `name: { path: ./my-stage.wasm }`, `name: { builtin: command }`
-    /// or `name: { oci: registry/repo:tag, username-secret: u, password-secret: p }`.
+    /// or `name: { oci: registry/repo:tag, username-secret: u, password-secret: p,
+    /// verify: { key: cosign.pub } }`.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, PluginRef>")]
     pub plugins: BTreeMap<String, Spanned<PluginRef>>,
@@ -153,6 +154,21 @@ pub struct PluginRef {
     /// machine (`localhost`, `127.0.0.0/8`, `[::1]`).
     #[serde(default)]
     pub insecure: bool,
+    /// With `oci`: refuse the plugin unless a cosign signature by this key over
+    /// its manifest digest verifies (the tag `sha256-<hex>.sig` or an OCI 1.1
+    /// referrer), checked before anything is pulled, compiled or run.
+    #[serde(default)]
+    #[schemars(with = "Option<Verify>")]
+    pub verify: Option<Spanned<Verify>>,
+}
+
+/// How a plugin pulled by OCI reference must be signed.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// A cosign public key (PEM, ECDSA P-256, as `cosign generate-key-pair`
+    /// writes `cosign.pub`), relative to the manifest.
+    pub key: String,
 }
 
 /// Where a secret's value comes from.

@@ -251,6 +251,8 @@ impl Plan {
         plan.check_expressions(file, &mut errors);
         if !errors.is_empty() {
             errors.sort_by_key(ManifestError::offset);
+            // An alias used by several stages is checked once per use.
+            errors.dedup_by(|a, b| a.offset() == b.offset() && a.to_string() == b.to_string());
             return Err(ManifestErrors(errors));
         }
         Ok(plan)
@@ -601,11 +603,15 @@ fn resolve_uses(
         let alias_error = |message: String, help: Option<String>| {
             file.error(&alias.referenced, &alias_field, message, help)
         };
-        let oci_only = a.username_secret.is_some() || a.password_secret.is_some() || a.insecure;
+        let oci_only = a.username_secret.is_some()
+            || a.password_secret.is_some()
+            || a.insecure
+            || a.verify.is_some();
         match (&a.path, &a.builtin, &a.oci) {
             (Some(_), None, None) | (None, Some(_), None) if oci_only => {
                 errors.push(alias_error(
-                    "`username-secret`, `password-secret` and `insecure` only go with `oci`".into(),
+                    "`username-secret`, `password-secret`, `insecure` and `verify` only go with `oci`"
+                        .into(),
                     None,
                 ));
                 return None;
@@ -652,6 +658,26 @@ fn resolve_uses(
                     ));
                     return None;
                 }
+                let plugin = match (plugin, &a.verify) {
+                    (Ok(p), Some(v)) => {
+                        match crate::oci::signature::TrustedKey::read(
+                            &dir.join(&v.value.key),
+                            &v.value.key,
+                        ) {
+                            Ok(key) => Ok(p.with_key(key)),
+                            Err(e) => {
+                                errors.push(file.error(
+                                    &v.referenced,
+                                    &format!("{alias_field}.verify.key"),
+                                    e,
+                                    Some("`key` is a cosign public key (`cosign.pub`), relative to the manifest's directory".into()),
+                                ));
+                                return None;
+                            }
+                        }
+                    }
+                    (plugin, _) => plugin,
+                };
                 Some(plugin.map(|p| PluginSource::Oci(std::sync::Arc::new(p))))
             }
             _ => {
@@ -829,6 +855,17 @@ mod tests {
         );
         assert!(with("builtin: command, insecure: true").contains("only go with `oci`"));
         assert!(with("oci: p/x:1").contains("does not start with a registry host"));
+        // A key that cannot be read, reported once though two stages use the alias.
+        let twice = plan_errors(
+            "pipeline: p\nplugins:\n  x: { oci: \"ghcr.io/p/x:1\", verify: { key: missing.pub } }\nstages:\n  - { name: a, uses: x }\n  - { name: b, uses: x }\n",
+        );
+        assert_eq!(
+            twice
+                .matches("plugins.x.verify.key: cannot read the public key missing.pub")
+                .count(),
+            1,
+            "{twice}"
+        );
         let direct =
             plan_errors("pipeline: p\nstages:\n  - { name: a, uses: \"oci://ghcr.io/P\" }\n");
         assert!(

@@ -29,6 +29,11 @@ pub fn plan(plan: &Plan, plugins: &HashMap<String, Arc<Plugin>>) -> serde_json::
             "provider": u.uses,
             "plugin": p.label,
             "digest": p.digest,
+            // The key whose cosign signature the plugin carries (checked before this view).
+            "signed_by": match &u.source {
+                crate::plugins::PluginSource::Oci(o) => o.verify.as_ref().map(|k| k.describe()),
+                _ => None,
+            },
             "needs": u.needs,
             "if": u.condition.as_ref().map(|c| c.0.clone()),
             "retries": u.retries,
@@ -84,6 +89,11 @@ pub fn plan_text(shown: &serde_json::Value) -> String {
             }
             if let Some(c) = u["if"].as_str() {
                 out.push_str(&format!("       if: {c}\n"));
+            }
+            if let Some(k) = u["signed_by"].as_str() {
+                out.push_str(&format!(
+                    "       signed by {k} (cosign signature verified)\n"
+                ));
             }
             for g in u["grants"].as_array().into_iter().flatten() {
                 out.push_str(&format!("       grant {}\n", g.as_str().unwrap_or("")));

@@ -3,7 +3,9 @@
 //! workspace directory, and runs gantry in it like a user would.
 
 pub mod appinsights;
+pub mod cosign;
 pub mod kube;
+pub mod oci;
 pub mod registry_auth;
 
 use std::io::{Read, Write};

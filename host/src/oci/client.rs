@@ -105,17 +105,7 @@ impl Client {
             "application/vnd.docker.distribution.manifest.list.v2+json",
         ]
         .join(", ");
-        let r = self
-            .send(
-                Method::GET,
-                &url,
-                &[(header::ACCEPT, accept)],
-                Bytes::new(),
-                repo,
-                false,
-                4 << 20,
-            )
-            .await?;
+        let r = self.get_accepting(&url, accept, repo).await?;
         match r.status {
             StatusCode::OK => Ok(r),
             StatusCode::NOT_FOUND => Err(OciError::NotFound {
@@ -126,6 +116,49 @@ impl Client {
             }),
             _ => Err(unexpected(&Method::GET, &url, &r)),
         }
+    }
+
+    /// The referrers of manifest `digest` (an image index), asked for those
+    /// of `artifact_type`; `None` when the registry has no referrers API
+    /// (404: the client then reads the referrers tag).
+    pub async fn get_referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+        artifact_type: &str,
+    ) -> Result<Option<Response>, OciError> {
+        let url = format!(
+            "{}/v2/{repo}/referrers/{digest}?artifactType={}",
+            self.base,
+            pct_encode(artifact_type)
+        );
+        let r = self
+            .get_accepting(&url, super::artifact::OCI_INDEX.to_string(), repo)
+            .await?;
+        match r.status {
+            StatusCode::OK => Ok(Some(r)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(unexpected(&Method::GET, &url, &r)),
+        }
+    }
+
+    /// A GET of a manifest-sized document (at most 4 MiB) with `Accept: accept`.
+    async fn get_accepting(
+        &self,
+        url: &str,
+        accept: String,
+        repo: &str,
+    ) -> Result<Response, OciError> {
+        self.send(
+            Method::GET,
+            url,
+            &[(header::ACCEPT, accept)],
+            Bytes::new(),
+            repo,
+            false,
+            4 << 20,
+        )
+        .await
     }
 
     /// The blob `digest` of `repo`, at most `max` bytes.

@@ -2,10 +2,16 @@
 //! (or, when a reference is not locked yet, the registry's answer, then
 //! pinned), the cache by digest, and the registry only when the cache does
 //! not have the component. Nothing is compiled before its digest is checked.
+//!
+//! A plugin with `verify: { key }` is also refused, before its component is
+//! pulled or taken from the cache, unless a cosign signature by that key over
+//! its manifest digest (the locked one, when locked) verifies: one kept in the
+//! cache from an earlier check, verified again, or else one from the registry.
 
 use super::artifact::{self, MAX_COMPONENT};
 use super::client::{Client, Credentials, RetryNote};
 use super::lockfile::{Lockfile, Pin};
+use super::signature;
 use super::store::Store;
 use super::{OciError, OciPlugin};
 use crate::capabilities::secrets::SecretStore;
@@ -69,8 +75,98 @@ fn client_for(
     .map_err(|e| format!("{}: {e}", plugin.written))
 }
 
-/// Resolve `reference` (tag or digest) to a pin and the checked component.
-pub async fn resolve(client: &Client, plugin: &OciPlugin) -> Result<(Pin, Vec<u8>), OciError> {
+/// When `plugin` asks for a signature: check that one by its key over
+/// `manifest_digest` verifies, from the cache (verified again) or else the
+/// registry (then kept). Fails closed.
+async fn check_signature(
+    client: &Client,
+    plugin: &OciPlugin,
+    manifest_digest: &str,
+    store: &Store,
+    reporter: &dyn Reporter,
+) -> Result<(), OciError> {
+    let Some(key) = &plugin.verify else {
+        return Ok(());
+    };
+    if let Some(kept) = cached_signature(plugin, manifest_digest, store, reporter) {
+        return kept;
+    }
+    signature_from_registry(client, plugin, key, manifest_digest, store, reporter).await
+}
+
+/// Find and verify a signature in the registry, and keep it.
+async fn signature_from_registry(
+    client: &Client,
+    plugin: &OciPlugin,
+    key: &signature::TrustedKey,
+    manifest_digest: &str,
+    store: &Store,
+    reporter: &dyn Reporter,
+) -> Result<(), OciError> {
+    let evidence = signature::find(client, &plugin.reference, manifest_digest, key).await?;
+    store.put_signature(manifest_digest, &key.fingerprint, &evidence);
+    reporter.note(&format!(
+        "{}: cosign signature by {} verified ({})",
+        plugin.written,
+        key.describe(),
+        evidence.source
+    ));
+    Ok(())
+}
+
+/// The verdict on a signature kept in the cache, if there is one. One that no
+/// longer verifies (a damaged or forged entry) is dropped and refused.
+fn cached_signature(
+    plugin: &OciPlugin,
+    manifest_digest: &str,
+    store: &Store,
+    reporter: &dyn Reporter,
+) -> Option<Result<(), OciError>> {
+    let key = plugin.verify.as_ref()?;
+    let kept = store.get_signature(manifest_digest, &key.fingerprint)?;
+    Some(match kept.check(key, manifest_digest) {
+        Ok(()) => {
+            reporter.debug(&format!(
+                "{}: cosign signature by {} verified again from the plugin cache ({})",
+                plugin.written,
+                key.describe(),
+                kept.source
+            ));
+            Ok(())
+        }
+        Err(e) => {
+            store.drop_signature(manifest_digest, &key.fingerprint);
+            Err(OciError::Unsigned {
+                reference: plugin.reference.to_string(),
+                digest: manifest_digest.to_string(),
+                key: key.describe(),
+                reasons: format!("the signature kept in the plugin cache: {e}"),
+            })
+        }
+    })
+}
+
+/// Resolve `reference` (tag or digest) to a pin and the checked component
+/// (whose signature, when asked for, verified before it was pulled).
+pub async fn resolve(
+    client: &Client,
+    plugin: &OciPlugin,
+    store: &Store,
+    reporter: &dyn Reporter,
+) -> Result<(Pin, Vec<u8>), OciError> {
+    let pin = resolve_manifest(client, plugin, store, reporter).await?;
+    let bytes = pull_layer(client, plugin, &pin.layer_digest).await?;
+    Ok((pin, bytes))
+}
+
+/// Resolve `reference` to its pin, the signature checked when asked for,
+/// without pulling the component.
+pub async fn resolve_manifest(
+    client: &Client,
+    plugin: &OciPlugin,
+    store: &Store,
+    reporter: &dyn Reporter,
+) -> Result<Pin, OciError> {
     let r = &plugin.reference;
     let manifest = client.get_manifest(&r.repository, r.manifest_ref()).await?;
     let manifest_digest = artifact::sha256(&manifest.body);
@@ -85,15 +181,12 @@ pub async fn resolve(client: &Client, plugin: &OciPlugin) -> Result<(Pin, Vec<u8
         });
     }
     let layer = artifact::wasm_layer(&r.to_string(), &manifest.body, content_type(&manifest))?;
-    let bytes = pull_layer(client, plugin, &layer.digest).await?;
-    Ok((
-        Pin {
-            reference: plugin.written.clone(),
-            manifest_digest,
-            layer_digest: layer.digest,
-        },
-        bytes,
-    ))
+    check_signature(client, plugin, &manifest_digest, store, reporter).await?;
+    Ok(Pin {
+        reference: plugin.written.clone(),
+        manifest_digest,
+        layer_digest: layer.digest,
+    })
 }
 
 /// Pull exactly what `pin` names, checking both digests.
@@ -294,7 +387,9 @@ async fn fetch_one(
             .map(|b| (b, None)),
         None => {
             let c = client()?;
-            let (pin, bytes) = resolve(&c, plugin).await.map_err(|e| e.to_string())?;
+            let (pin, bytes) = resolve(&c, plugin, store, reporter)
+                .await
+                .map_err(|e| e.to_string())?;
             keep(plugin, &pin, &bytes, store, reporter)?;
             if mode == LockMode::Update {
                 lock.pins.insert(pin.reference.clone(), pin.clone());
@@ -304,14 +399,27 @@ async fn fetch_one(
     }
 }
 
-/// The component `pin` names, from the cache or the registry.
+/// The component `pin` names, from the cache or the registry; when a
+/// signature is asked for, only after one over the pinned manifest digest
+/// verified.
 async fn pinned_bytes(
     plugin: &OciPlugin,
     pin: &Pin,
     store: &Store,
-    client: impl FnOnce() -> Result<Client, String>,
+    client: impl Fn() -> Result<Client, String>,
     reporter: &dyn Reporter,
 ) -> Result<Vec<u8>, String> {
+    if let Some(key) = &plugin.verify {
+        match cached_signature(plugin, &pin.manifest_digest, store, reporter) {
+            Some(verdict) => verdict.map_err(|e| e.to_string())?,
+            None => {
+                let c = client()?;
+                signature_from_registry(&c, plugin, key, &pin.manifest_digest, store, reporter)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        }
+    }
     if let Some(bytes) = store.get(&pin.layer_digest) {
         reporter.debug(&format!(
             "{} {} from the plugin cache",
@@ -373,7 +481,9 @@ pub async fn lock_manifest(
             let who = format!("{} ({})", fields.join(", "), plugin.written);
             let result = async {
                 let c = client_for(&plugin, &secrets, &plan.environment)?;
-                let (pin, bytes) = resolve(&c, &plugin).await.map_err(|e| e.to_string())?;
+                let (pin, bytes) = resolve(&c, &plugin, &store, reporter)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 keep(&plugin, &pin, &bytes, &store, reporter)?;
                 Ok::<_, String>(pin)
             }

@@ -10,6 +10,7 @@
 //! - [`store`][store]: the per-user cache of pulled components.
 //! - [`fetch`][fetch]: resolving a plan's OCI plugins against the lock.
 //! - [`push`][push]: `gantry plugins push`.
+//! - [`signature`][signature]: cosign signatures (`verify: { key: ... }`).
 
 pub mod artifact;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod fetch;
 pub mod lockfile;
 pub mod push;
 pub mod reference;
+pub mod signature;
 pub mod store;
 
 pub use reference::Reference;
@@ -73,6 +75,15 @@ pub enum OciError {
     },
     #[error("{url} sent more than {max} bytes")]
     TooLarge { url: String, max: usize },
+    #[error(
+        "refusing it: no valid cosign signature by the key {key} for {reference}@{digest}: {reasons}"
+    )]
+    Unsigned {
+        reference: String,
+        digest: String,
+        key: String,
+        reasons: String,
+    },
     #[error("{0}")]
     Protocol(String),
     #[error("{0}")]
@@ -96,6 +107,8 @@ pub struct OciPlugin {
     pub auth: Option<SecretAuth>,
     /// Plain HTTP (loopback registries only; the plan checks).
     pub insecure: bool,
+    /// `verify: { key }`: refused unless signed by this key.
+    pub verify: Option<Arc<signature::TrustedKey>>,
     /// The verified component, once fetched.
     pub bytes: OnceLock<Arc<[u8]>>,
 }
@@ -113,20 +126,34 @@ impl OciPlugin {
             reference,
             auth,
             insecure,
+            verify: None,
             bytes: OnceLock::new(),
         })
     }
 }
 
-// Two uses of the same reference with the same access are one plugin.
+impl OciPlugin {
+    /// Require a signature by `key`.
+    pub fn with_key(mut self, key: signature::TrustedKey) -> Self {
+        self.verify = Some(Arc::new(key));
+        self
+    }
+
+    fn identity(&self) -> (&str, &Option<SecretAuth>, bool, Option<&str>) {
+        let key = self.verify.as_ref().map(|k| k.fingerprint.as_str());
+        (&self.written, &self.auth, self.insecure, key)
+    }
+}
+
+// Two uses of the same reference with the same access and key are one plugin.
 impl PartialEq for OciPlugin {
     fn eq(&self, other: &Self) -> bool {
-        (&self.written, &self.auth, self.insecure) == (&other.written, &other.auth, other.insecure)
+        self.identity() == other.identity()
     }
 }
 impl Eq for OciPlugin {}
 impl Hash for OciPlugin {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        (&self.written, &self.auth, self.insecure).hash(state);
+        self.identity().hash(state);
     }
 }

@@ -3,30 +3,40 @@
 //! offline once its plugins were pulled. Only checked components are stored,
 //! each written to a temp file and renamed; every read is checked against
 //! its digest again.
+//!
+//! Beside them, the cosign signatures that verified
+//! (`<cache dir>/plugins/signatures/<manifest hex>.<key fingerprint hex>.json`):
+//! payload and signature, verified again with the key on every use, so an
+//! offline run still checks its plugins cryptographically, and another key
+//! finds no entry and asks the registry.
 
+use super::signature::Evidence;
 use crate::runtime::cache::{owned_by_me_and_private, write_private};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 pub struct Store {
     dir: Option<PathBuf>,
+    signatures: Option<PathBuf>,
+}
+
+/// `dir`, created private, if it is usable.
+fn private_dir(dir: PathBuf) -> Option<PathBuf> {
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_ok();
+    (made && owned_by_me_and_private(&dir).is_ok()).then_some(dir)
 }
 
 impl Store {
     /// The store under the cache root `root`; `None` (or an unusable
     /// directory) keeps pulled plugins in memory only.
     pub fn open(root: Option<&Path>) -> Self {
-        let dir = root
-            .map(|r| r.join("plugins").join("sha256"))
-            .filter(|dir| {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .is_ok()
-                    && owned_by_me_and_private(dir).is_ok()
-            });
-        Self { dir }
+        let dir = root.and_then(|r| private_dir(r.join("plugins").join("sha256")));
+        let signatures = root.and_then(|r| private_dir(r.join("plugins").join("signatures")));
+        Self { dir, signatures }
     }
 
     fn path(&self, digest: &str) -> Option<PathBuf> {
@@ -53,6 +63,37 @@ impl Store {
     pub fn put(&self, digest: &str, bytes: &[u8]) {
         if let Some(path) = self.path(digest) {
             let _ = write_private(&path, bytes);
+        }
+    }
+}
+
+impl Store {
+    fn signature_path(&self, manifest_digest: &str, fingerprint: &str) -> Option<PathBuf> {
+        let m = manifest_digest.strip_prefix("sha256:")?;
+        let k = fingerprint.strip_prefix("sha256:")?;
+        Some(self.signatures.as_ref()?.join(format!("{m}.{k}.json")))
+    }
+
+    /// The signature of `manifest_digest` by the key `fingerprint` that
+    /// verified before; the caller verifies it again.
+    pub fn get_signature(&self, manifest_digest: &str, fingerprint: &str) -> Option<Evidence> {
+        let path = self.signature_path(manifest_digest, fingerprint)?;
+        owned_by_me_and_private(&path).ok()?;
+        serde_json::from_slice(&std::fs::read(&path).ok()?).ok()
+    }
+
+    /// Keep a signature that verified; a failure only costs a registry visit.
+    pub fn put_signature(&self, manifest_digest: &str, fingerprint: &str, evidence: &Evidence) {
+        if let Some(path) = self.signature_path(manifest_digest, fingerprint) {
+            let json = serde_json::to_vec_pretty(evidence).expect("JSON");
+            let _ = write_private(&path, &json);
+        }
+    }
+
+    /// Drop a kept signature that no longer verifies.
+    pub fn drop_signature(&self, manifest_digest: &str, fingerprint: &str) {
+        if let Some(path) = self.signature_path(manifest_digest, fingerprint) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
