@@ -651,6 +651,7 @@ impl StageState {
             http_policy: http::HttpPolicy {
                 grant: Arc::new(grants.http.clone()),
                 subject: subject.clone(),
+                effects: None,
             },
             table: wasmtime::component::ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory),

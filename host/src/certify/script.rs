@@ -1,0 +1,226 @@
+//! The two [`Effects`] of the harness: a [`Script`] answers every allowed call
+//! from the case and reaches nothing; a [`Recorder`] lets the calls happen and
+//! keeps what came back. Both log the calls in order.
+
+use super::case::{ExecResult, ExecScript, HttpResponse, HttpScript};
+use crate::capabilities::effects::{Effects, HttpCall, HttpReply};
+use crate::runtime::bindings::exec::{Command, ExitStatus};
+use crate::runtime::bindings::types::HostError;
+use std::sync::Mutex;
+
+/// A call as listed in `expect.calls`.
+pub fn http_line(call: &HttpCall) -> String {
+    format!("{} {}", call.method, call.url)
+}
+
+pub fn exec_line(cmd: &Command) -> String {
+    let mut argv = vec![cmd.program.as_str()];
+    argv.extend(cmd.args.iter().map(String::as_str));
+    format!("exec {}", argv.join(" "))
+}
+
+fn argv(cmd: &Command) -> Vec<String> {
+    std::iter::once(cmd.program.clone())
+        .chain(cmd.args.iter().cloned())
+        .collect()
+}
+
+/// Answers from the case: each entry serves its answers in turn, the last
+/// one repeating. A call no entry matches fails, and fails the case.
+pub struct Script {
+    http: Vec<HttpScript>,
+    exec: Vec<ExecScript>,
+    state: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// How many times each http / exec entry has answered.
+    http_used: Vec<usize>,
+    exec_used: Vec<usize>,
+    calls: Vec<String>,
+    /// Calls no entry answers, said in words.
+    unmatched: Vec<String>,
+}
+
+impl Script {
+    pub fn new(http: Vec<HttpScript>, exec: Vec<ExecScript>) -> Self {
+        let seen = Seen {
+            http_used: vec![0; http.len()],
+            exec_used: vec![0; exec.len()],
+            ..Seen::default()
+        };
+        Self {
+            http,
+            exec,
+            state: Mutex::new(seen),
+        }
+    }
+
+    /// The calls made, and the ones nothing answered.
+    pub fn finish(&self) -> (Vec<String>, Vec<String>) {
+        let mut seen = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            std::mem::take(&mut seen.calls),
+            std::mem::take(&mut seen.unmatched),
+        )
+    }
+}
+
+/// The next answer of an entry used `used` times: in turn, the last repeating.
+fn next<T>(answers: &[T], used: &mut usize) -> Option<usize> {
+    let i = (*used).min(answers.len().checked_sub(1)?);
+    *used += 1;
+    Some(i)
+}
+
+impl Effects for Script {
+    fn http(&self, call: &HttpCall) -> Option<Result<HttpReply, String>> {
+        let mut seen = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let line = http_line(call);
+        seen.calls.push(line.clone());
+        let entry = self.http.iter().position(|s| {
+            s.request.method.eq_ignore_ascii_case(&call.method) && s.request.url == call.url
+        });
+        let answer = entry.and_then(|e| {
+            let i = next(&self.http[e].responses, &mut seen.http_used[e])?;
+            Some(&self.http[e].responses[i])
+        });
+        Some(match answer {
+            Some(r) => Ok(reply(r)),
+            None => {
+                let why = format!("no scripted response for `{line}`");
+                seen.unmatched.push(why.clone());
+                Err(why)
+            }
+        })
+    }
+
+    fn exec(&self, cmd: &Command) -> Option<Result<ExitStatus, HostError>> {
+        let mut seen = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let line = exec_line(cmd);
+        seen.calls.push(line.clone());
+        let argv = argv(cmd);
+        let entry = self.exec.iter().position(|s| s.run == argv);
+        let answer = entry.and_then(|e| {
+            let i = next(&self.exec[e].results, &mut seen.exec_used[e])?;
+            Some(&self.exec[e].results[i])
+        });
+        Some(match answer {
+            Some(r) => Ok(ExitStatus {
+                code: r.code,
+                timed_out: r.timed_out,
+                stdout: r.stdout.clone(),
+                stderr: r.stderr.clone(),
+                duration_ms: 0,
+            }),
+            None => {
+                let why = format!("no scripted result for `{line}`");
+                seen.unmatched.push(why.clone());
+                Err(HostError::Failed(why))
+            }
+        })
+    }
+}
+
+fn reply(r: &HttpResponse) -> HttpReply {
+    HttpReply {
+        status: r.status,
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        body: r.body.clone().into_bytes(),
+    }
+}
+
+/// Lets every call happen and keeps it, to be written as a case.
+#[derive(Default)]
+pub struct Recorder {
+    state: Mutex<Recorded>,
+}
+
+#[derive(Default)]
+pub struct Recorded {
+    pub calls: Vec<String>,
+    pub http: Vec<HttpScript>,
+    pub exec: Vec<ExecScript>,
+}
+
+/// Headers that describe one connection, not the answer: left out of a case.
+const HOP_HEADERS: &[&str] = &[
+    "connection",
+    "date",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+];
+
+impl Recorder {
+    pub fn finish(&self) -> Recorded {
+        std::mem::take(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Effects for Recorder {
+    fn http(&self, _: &HttpCall) -> Option<Result<HttpReply, String>> {
+        None
+    }
+
+    fn exec(&self, _: &Command) -> Option<Result<ExitStatus, HostError>> {
+        None
+    }
+
+    fn saw_http(&self, call: &HttpCall, reply: &Result<HttpReply, String>) {
+        let mut rec = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        rec.calls.push(http_line(call));
+        // A request that got no answer cannot be replayed as one; the replay
+        // fails it as unmatched, like the real one failed.
+        let Ok(reply) = reply else { return };
+        let response = HttpResponse {
+            status: reply.status,
+            headers: reply
+                .headers
+                .iter()
+                .filter(|(k, _)| !HOP_HEADERS.contains(&k.as_str()))
+                .cloned()
+                .collect(),
+            body: String::from_utf8_lossy(&reply.body).into_owned(),
+        };
+        match rec
+            .http
+            .iter_mut()
+            .find(|s| s.request.method == call.method && s.request.url == call.url)
+        {
+            Some(s) => s.responses.push(response),
+            None => rec.http.push(HttpScript {
+                request: super::case::HttpRequest {
+                    method: call.method.clone(),
+                    url: call.url.clone(),
+                },
+                responses: vec![response],
+            }),
+        }
+    }
+
+    fn saw_exec(&self, cmd: &Command, result: &Result<ExitStatus, HostError>) {
+        let mut rec = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        rec.calls.push(exec_line(cmd));
+        let Ok(status) = result else { return };
+        let result = ExecResult {
+            code: status.code,
+            stdout: status.stdout.clone(),
+            stderr: status.stderr.clone(),
+            timed_out: status.timed_out,
+        };
+        let argv = argv(cmd);
+        match rec.exec.iter_mut().find(|s| s.run == argv) {
+            Some(s) => s.results.push(result),
+            None => rec.exec.push(ExecScript {
+                run: argv,
+                results: vec![result],
+            }),
+        }
+    }
+}
