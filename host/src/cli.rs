@@ -889,6 +889,11 @@ async fn plugins_test(
             return Ok(ExitCode::from(2));
         }
     };
+    // Bad input is refused before the plugin is loaded.
+    if let Err(errors) = crate::certify::check(&loaded, record.is_some()) {
+        eprintln!("{errors}");
+        return Ok(ExitCode::from(2));
+    }
     let (written, base) = match (plugin, &loaded.file.plugin) {
         (Some(p), _) => (p.to_string(), PathBuf::from(".")),
         (None, Some(p)) => (p.clone(), crate::pipeline::manifest_dir(case)),

@@ -140,6 +140,11 @@ fn prepare(loaded: &Loaded, recording: bool) -> Result<Vec<Prepared<'_>>, Manife
     }
 }
 
+/// Check a case file (as [`test`] and [`record`] will) without running it.
+pub fn check(loaded: &Loaded, recording: bool) -> Result<(), ManifestErrors> {
+    prepare(loaded, recording).map(|_| ())
+}
+
 fn is_relative_inside(path: &str) -> bool {
     !path.is_empty()
         && Path::new(path)
