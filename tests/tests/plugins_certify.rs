@@ -303,7 +303,7 @@ fn a_recorded_run_replays_without_the_server() {
 }
 
 #[test]
-fn record_refuses_secret_values_written_in_the_case() {
+fn record_refuses_secret_values_in_the_case_and_engine_grants() {
     let ws = Workspace::new();
     let out = test_cases(
         &ws,
@@ -318,6 +318,26 @@ fn record_refuses_secret_values_written_in_the_case() {
     assert!(
         out.stderr.contains(
             "cases.yaml:4:23: cases[0].secrets.token: with --record, secret values come from the environment"
+        ),
+        "{}",
+        out.all()
+    );
+    assert!(!ws.path().join("recorded.yaml").exists());
+
+    // Engine and cluster calls are scripted by hand, never recorded.
+    let out = test_cases(
+        &ws,
+        "cases:\n  - name: x\n    with: { message: hi }\n    permissions: { engine: true }\n",
+        &[
+            plugin("echo").to_str().unwrap(),
+            "--record",
+            "recorded.yaml",
+        ],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "cases.yaml:4:28: cases[0].permissions.engine: --record records HTTP requests and programs, not engine calls"
         ),
         "{}",
         out.all()
@@ -342,8 +362,8 @@ fn a_malformed_case_file_is_refused_naming_file_and_line() {
             "cases.yaml:3:27: cases[0].permissions.http[0]: `api.example.com` has no scheme",
         ),
         (
-            "cases:\n  - name: a\n    permissions: { engine: true }\n",
-            "cases.yaml:3:28: cases[0].permissions.engine: the container engine cannot be scripted yet",
+            "cases:\n  - name: a\n    cluster: [{ call: rollback team-a web, results: [{ ok: 1, failed: x }] }]\n",
+            "cases.yaml:3:63: expected end of mapping after enum variant value",
         ),
         (
             "cases:\n  - name: a\n  - name: a\n",

@@ -8,6 +8,7 @@
 
 use crate::runtime::bindings::exec::{Command, ExitStatus};
 use crate::runtime::bindings::types::HostError;
+use std::sync::Arc;
 
 /// An outgoing HTTP request, as the harness matches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,4 +41,27 @@ pub trait Effects: Send + Sync {
 
     /// A real program ran (only called after `exec` gave `None`).
     fn saw_exec(&self, _cmd: &Command, _result: &Result<ExitStatus, HostError>) {}
+
+    /// The answer to an allowed cluster or engine call (`capability`), said
+    /// as `line` (e.g. `rollback team-a web`), as JSON; `None` to make it for real.
+    fn call(&self, _capability: &str, _line: &str) -> Option<Result<serde_json::Value, HostError>> {
+        None
+    }
+}
+
+/// The scripted answer of `effects`, if any, to a `capability` call said as
+/// `line`, read as the call's result type.
+pub fn scripted<T: serde::de::DeserializeOwned>(
+    effects: Option<&Arc<dyn Effects>>,
+    capability: &str,
+    line: &str,
+) -> Option<Result<T, HostError>> {
+    let answer = effects?.call(capability, line)?;
+    Some(answer.and_then(|v| {
+        serde_json::from_value(v).map_err(|e| {
+            HostError::Invalid(format!(
+                "the scripted answer to `{capability} {line}` does not fit: {e}"
+            ))
+        })
+    }))
 }

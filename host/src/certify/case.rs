@@ -50,6 +50,12 @@ pub struct Case {
     /// Results of programs run through `exec`.
     #[serde(default)]
     pub exec: Vec<ExecScript>,
+    /// Answers to Kubernetes calls (`cluster` interface).
+    #[serde(default)]
+    pub cluster: Vec<CallScript>,
+    /// Answers to container engine calls (`engine` interface).
+    #[serde(default)]
+    pub engine: Vec<CallScript>,
     #[serde(default)]
     pub expect: Expect,
 }
@@ -139,6 +145,26 @@ pub struct ExecResult {
 
 fn is_false(b: &bool) -> bool {
     !b
+}
+
+/// One cluster or engine call and its answers, in turn, the last repeating.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallScript {
+    /// The call as `expect.calls` lists it, without the capability: e.g.
+    /// `rollback team-a web`, `get team-a v1 ConfigMap/settings`, `remove app-blue`.
+    pub call: String,
+    pub results: Vec<CallResult>,
+}
+
+/// A call's answer: its value (as JSON/YAML), or a host error of some kind.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum CallResult {
+    Ok(serde_json::Value),
+    Failed(String),
+    Unavailable(String),
+    Invalid(String),
 }
 
 /// How the stage must end: `success`, `failure` (any), or one kind of failure.

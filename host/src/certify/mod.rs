@@ -63,15 +63,37 @@ fn prepare(loaded: &Loaded, recording: bool) -> Result<Vec<Prepared<'_>>, Manife
         }
         let defined: BTreeSet<String> = case.secrets.keys().cloned().collect();
         let grants = Grants::configure(file, &field, &case.permissions, &defined, &mut errors);
-        if let Some(at) = &case.permissions.engine
-            && at.value
-        {
-            errors.push(file.error(
-                &at.referenced,
-                &format!("{field}.permissions.engine"),
-                "the container engine cannot be scripted yet, and a case never reaches the real one",
-                Some("test the engine calls in a pipeline against a real engine".into()),
-            ));
+        // Only HTTP and exec are recorded: a case cannot reach a cluster, and
+        // engine calls change the machine.
+        let scripted_only = [
+            (
+                "engine",
+                case.permissions
+                    .engine
+                    .as_ref()
+                    .filter(|e| e.value)
+                    .map(|e| e.referenced),
+            ),
+            (
+                "cluster",
+                case.permissions
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.namespaces.first())
+                    .map(|n| n.referenced),
+            ),
+        ];
+        for (what, at) in scripted_only {
+            if let (true, Some(at)) = (recording, at) {
+                errors.push(file.error(
+                    &at,
+                    &format!("{field}.permissions.{what}"),
+                    format!("--record records HTTP requests and programs, not {what} calls"),
+                    Some(format!(
+                        "write the answers under `{what}:` in the case by hand"
+                    )),
+                ));
+            }
         }
         let mut limits = Limits {
             timeout: Duration::from_secs(60),
@@ -206,7 +228,8 @@ async fn run_case(
         },
         logs: None,
         state: None,
-        // No cluster is configured: a granted cluster call fails, reaching nothing.
+        // No cluster is configured: a cluster call the effects leave to the real
+        // world fails, reaching nothing.
         cluster: Arc::new(crate::capabilities::cluster::kube::Connection::new(
             None, "certify",
         )),
@@ -215,7 +238,9 @@ async fn run_case(
     let denials = subject.denials.clone();
     let mut state = StageState::prepare(&ctx, subject, &p.grants, &p.limits)?;
     state.http_policy.effects = Some(effects.clone());
-    state.exec.effects = Some(effects);
+    state.exec.effects = Some(effects.clone());
+    state.cluster.effects = Some(effects.clone());
+    state.engine.effects = Some(effects);
     let context = StageContext {
         run_id: "certify".into(),
         pipeline: "certify".into(),
@@ -351,11 +376,7 @@ pub fn differences(expect: &Expect, seen: &Observed) -> Vec<String> {
     if let Some(calls) = &expect.calls
         && *calls != seen.calls
     {
-        out.push(format!(
-            "calls: expected [{}], got [{}]",
-            calls.join(", "),
-            seen.calls.join(", ")
-        ));
+        out.push(calls_differ(calls, &seen.calls));
     }
     if let Some(denials) = &expect.denials {
         let mut left: Vec<&String> = seen.denials.iter().collect();
@@ -387,6 +408,34 @@ pub fn differences(expect: &Expect, seen: &Observed) -> Vec<String> {
     out
 }
 
+/// Where two call lists part: the whole lists when short, else the first
+/// call that differs and the counts.
+fn calls_differ(expected: &[String], made: &[String]) -> String {
+    if expected.len() + made.len() <= 6 {
+        return format!(
+            "calls: expected [{}], got [{}]",
+            expected.join(", "),
+            made.join(", ")
+        );
+    }
+    let i = expected
+        .iter()
+        .zip(made)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let at = |list: &[String]| {
+        list.get(i)
+            .map_or("no more calls".into(), |c| format!("`{c}`"))
+    };
+    format!(
+        "calls[{i}]: expected {}, got {} ({} call(s) expected, {} made)",
+        at(expected),
+        at(made),
+        expected.len(),
+        made.len()
+    )
+}
+
 /// The result of one case.
 pub struct Verdict {
     pub name: String,
@@ -415,7 +464,7 @@ pub async fn test(
     let prepared = prepare(loaded, false)?;
     let mut verdicts = vec![];
     for p in &prepared {
-        let script = Arc::new(Script::new(p.case.http.clone(), p.case.exec.clone()));
+        let script = Arc::new(Script::new(p.case));
         let (mut seen, redactor) = run_case(runtime, plugin, p, script.clone(), reporter.clone())
             .await
             .with_context(|| format!("case `{}`", p.case.name.value))?;
@@ -541,4 +590,65 @@ pub async fn record(
     }
     std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(kind: &str, calls: &[&str]) -> Observed {
+        Observed {
+            kind: kind.into(),
+            message: "done".into(),
+            outputs: vec![("n".into(), "3".into())],
+            artifacts: vec![("report".into(), Some("report.json".into()))],
+            calls: calls.iter().map(|c| c.to_string()).collect(),
+            denials: vec!["stage `s` is not allowed to read secret `t`".into()],
+            unmatched: vec![],
+            files: BTreeMap::from([("report.json".into(), None)]),
+        }
+    }
+
+    #[test]
+    fn each_difference_is_named() {
+        let expect = Expect {
+            outcome: Some(Outcome::Failure),
+            outputs: Some(BTreeMap::from([("n".into(), "4".into())])),
+            artifacts: Some(vec!["report".into()]),
+            denials: Some(vec![]),
+            ..Expect::default()
+        };
+        let d = differences(&expect, &observed("success", &[]));
+        assert_eq!(
+            d,
+            [
+                "outcome: expected failure, got success (done)",
+                "outputs.n: expected `4`, got `3`",
+                "artifacts: `report` points at `report.json`, which is not in the workspace",
+                "denials: unexpected `stage `s` is not allowed to read secret `t``",
+            ]
+        );
+        let met = Expect {
+            outcome: Some(Outcome::Success),
+            denials: Some(vec!["secret `t`".into()]),
+            ..Expect::default()
+        };
+        assert!(differences(&met, &observed("success", &[])).is_empty());
+        assert!(Outcome::Failure.accepts("transient"));
+        assert!(!Outcome::Denied.accepts("failed"));
+    }
+
+    #[test]
+    fn long_call_lists_are_compared_at_the_first_difference() {
+        let made: Vec<String> = (0..50).map(|_| "GET https://x/".to_string()).collect();
+        let expected = vec!["GET https://x/".to_string(), "engine remove a".to_string()];
+        assert_eq!(
+            calls_differ(&expected, &made),
+            "calls[1]: expected `engine remove a`, got `GET https://x/` (2 call(s) expected, 50 made)"
+        );
+        assert_eq!(
+            calls_differ(&made[..8], &made[..7]),
+            "calls[7]: expected `GET https://x/`, got no more calls (8 call(s) expected, 7 made)"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! from the case and reaches nothing; a [`Recorder`] lets the calls happen and
 //! keeps what came back. Both log the calls in order.
 
-use super::case::{ExecResult, ExecScript, HttpResponse, HttpScript};
+use super::case::{CallResult, CallScript, ExecResult, ExecScript, HttpResponse, HttpScript};
 use crate::capabilities::effects::{Effects, HttpCall, HttpReply};
 use crate::runtime::bindings::exec::{Command, ExitStatus};
 use crate::runtime::bindings::types::HostError;
@@ -30,6 +30,8 @@ fn argv(cmd: &Command) -> Vec<String> {
 pub struct Script {
     http: Vec<HttpScript>,
     exec: Vec<ExecScript>,
+    /// (capability, entry): cluster and engine calls.
+    calls: Vec<(&'static str, CallScript)>,
     state: Mutex<Seen>,
 }
 
@@ -38,21 +40,28 @@ struct Seen {
     /// How many times each http / exec entry has answered.
     http_used: Vec<usize>,
     exec_used: Vec<usize>,
+    calls_used: Vec<usize>,
     calls: Vec<String>,
     /// Calls no entry answers, said in words.
     unmatched: Vec<String>,
 }
 
 impl Script {
-    pub fn new(http: Vec<HttpScript>, exec: Vec<ExecScript>) -> Self {
+    pub fn new(case: &super::case::Case) -> Self {
+        let calls: Vec<(&'static str, CallScript)> = (case.cluster.iter().map(|c| ("cluster", c)))
+            .chain(case.engine.iter().map(|c| ("engine", c)))
+            .map(|(k, c)| (k, c.clone()))
+            .collect();
         let seen = Seen {
-            http_used: vec![0; http.len()],
-            exec_used: vec![0; exec.len()],
+            http_used: vec![0; case.http.len()],
+            exec_used: vec![0; case.exec.len()],
+            calls_used: vec![0; calls.len()],
             ..Seen::default()
         };
         Self {
-            http,
-            exec,
+            http: case.http.clone(),
+            exec: case.exec.clone(),
+            calls,
             state: Mutex::new(seen),
         }
     }
@@ -120,6 +129,38 @@ impl Effects for Script {
                 Err(HostError::Failed(why))
             }
         })
+    }
+
+    fn call(&self, capability: &str, line: &str) -> Option<Result<serde_json::Value, HostError>> {
+        Some(self.answer_call(capability, line))
+    }
+}
+
+impl Script {
+    /// The answer of the cluster and engine entries to `capability line`.
+    fn answer_call(&self, capability: &str, line: &str) -> Result<serde_json::Value, HostError> {
+        let mut seen = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let shown = format!("{capability} {line}");
+        seen.calls.push(shown.clone());
+        let entry = self
+            .calls
+            .iter()
+            .position(|(k, c)| *k == capability && c.call == line);
+        let answer = entry.and_then(|e| {
+            let i = next(&self.calls[e].1.results, &mut seen.calls_used[e])?;
+            Some(&self.calls[e].1.results[i])
+        });
+        match answer {
+            Some(CallResult::Ok(v)) => Ok(v.clone()),
+            Some(CallResult::Failed(m)) => Err(HostError::Failed(m.clone())),
+            Some(CallResult::Unavailable(m)) => Err(HostError::Unavailable(m.clone())),
+            Some(CallResult::Invalid(m)) => Err(HostError::Invalid(m.clone())),
+            None => {
+                let why = format!("no scripted answer for `{shown}`");
+                seen.unmatched.push(why.clone());
+                Err(HostError::Failed(why))
+            }
+        }
     }
 }
 
@@ -222,5 +263,21 @@ impl Effects for Recorder {
                 results: vec![result],
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_come_in_turn_and_the_last_repeats() {
+        let answers = ["429", "200"];
+        let mut used = 0;
+        let served: Vec<&str> = (0..4)
+            .map(|_| answers[next(&answers, &mut used).unwrap()])
+            .collect();
+        assert_eq!(served, ["429", "200", "200", "200"]);
+        assert_eq!(next::<&str>(&[], &mut 0), None);
     }
 }

@@ -689,6 +689,7 @@ impl StageState {
                 workspace_writable: grants.workspace.write,
                 log: log.clone(),
                 run_id: ctx.base.run_id.clone(),
+                effects: None,
             },
             workspace: workspace::WorkspaceAccess {
                 write: grants.workspace.write,
@@ -704,6 +705,7 @@ impl StageState {
                 subject,
                 connection: ctx.cluster.clone(),
                 log: log.clone(),
+                effects: None,
             },
             log,
             denials,
