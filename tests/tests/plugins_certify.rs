@@ -305,44 +305,31 @@ fn a_recorded_run_replays_without_the_server() {
 #[test]
 fn record_refuses_secret_values_in_the_case_and_engine_grants() {
     let ws = Workspace::new();
-    let out = test_cases(
-        &ws,
-        "cases:\n  - name: x\n    with: { message: hi }\n    secrets: { token: s3cret }\n",
-        &[
-            plugin("echo").to_str().unwrap(),
-            "--record",
-            "recorded.yaml",
-        ],
-    );
-    assert_eq!(out.code, Some(2), "{}", out.all());
-    assert!(
-        out.stderr.contains(
-            "cases.yaml:4:23: cases[0].secrets.token: with --record, secret values come from the environment"
+    let refused = [
+        (
+            "secrets: { token: s3cret }",
+            "cases.yaml:4:23: cases[0].secrets.token: with --record, secret values come from the environment",
         ),
-        "{}",
-        out.all()
-    );
-    assert!(!ws.path().join("recorded.yaml").exists());
-
-    // Engine and cluster calls are scripted by hand, never recorded.
-    let out = test_cases(
-        &ws,
-        "cases:\n  - name: x\n    with: { message: hi }\n    permissions: { engine: true }\n",
-        &[
-            plugin("echo").to_str().unwrap(),
-            "--record",
-            "recorded.yaml",
-        ],
-    );
-    assert_eq!(out.code, Some(2), "{}", out.all());
-    assert!(
-        out.stderr.contains(
-            "cases.yaml:4:28: cases[0].permissions.engine: --record records HTTP requests and programs, not engine calls"
+        // Engine and cluster calls are scripted by hand, never recorded.
+        (
+            "permissions: { engine: true }",
+            "cases.yaml:4:28: cases[0].permissions.engine: --record records HTTP requests and programs, not engine calls",
         ),
-        "{}",
-        out.all()
-    );
-    assert!(!ws.path().join("recorded.yaml").exists());
+    ];
+    for (line, want) in refused {
+        let out = test_cases(
+            &ws,
+            &format!("cases:\n  - name: x\n    with: {{ message: hi }}\n    {line}\n"),
+            &[
+                plugin("echo").to_str().unwrap(),
+                "--record",
+                "recorded.yaml",
+            ],
+        );
+        assert_eq!(out.code, Some(2), "{}", out.all());
+        assert!(out.stderr.contains(want), "want `{want}`:\n{}", out.all());
+        assert!(!ws.path().join("recorded.yaml").exists());
+    }
 }
 
 #[test]
@@ -390,6 +377,29 @@ fn a_malformed_case_file_is_refused_naming_file_and_line() {
         // Refused before the plugin is even loaded.
         assert!(!out.stderr.contains("compiling"), "{}", out.all());
     }
+}
+
+#[test]
+fn a_config_the_plugin_schema_rejects_is_refused_before_any_case_runs() {
+    let ws = Workspace::new();
+    let out = test_cases(
+        &ws,
+        "plugin: command\ncases:\n  - name: fine\n    with: { steps: [{ run: [true] }] }\n    exec: [{ run: [true], results: [{ code: 0 }] }]\n  - name: typo\n    with: { stepz: [] }\n",
+        &[],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("cases.yaml:7:13: cases[1].with: Additional properties are not allowed ('stepz' was unexpected)"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stderr
+            .contains("`gantry plugins inspect command` shows its config schema"),
+        "{}",
+        out.all()
+    );
+    assert!(!out.stdout.contains("fine"), "{}", out.all());
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub struct Case {
     pub stage: String,
     /// The stage's config, as under a manifest stage's `with:`.
     #[serde(default)]
-    pub with: Option<serde_json::Value>,
+    pub with: Option<Spanned<serde_json::Value>>,
     /// Grants, as under a manifest stage's `permissions:`.
     #[serde(default)]
     pub permissions: Permissions,

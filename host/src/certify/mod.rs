@@ -25,7 +25,7 @@ use anyhow::Context;
 use case::{Case, Expect, Loaded, Outcome, SecretValue};
 use script::{Recorder, Script};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,6 +174,87 @@ fn is_relative_inside(path: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
+/// The stage's config: `with`, or an empty object.
+fn config(case: &Case) -> serde_json::Value {
+    case.with
+        .as_ref()
+        .map_or(serde_json::Value::Object(Default::default()), |w| {
+            w.value.clone()
+        })
+}
+
+/// Check each case's `with` against the config schema the plugin describes,
+/// as `gantry validate` does for a stage: a pipeline would never run it.
+async fn check_configs(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    loaded: &Loaded,
+    prepared: &[Prepared<'_>],
+) -> anyhow::Result<()> {
+    let ctx = instance_context(
+        PathBuf::new(),
+        Arc::new(crate::report::Silent),
+        SecretStore::default(),
+    );
+    let info = runtime.describe(plugin, &ctx).await?;
+    let Ok(schema) = serde_json::from_str::<serde_json::Value>(&info.config_schema) else {
+        return Ok(());
+    };
+    let file = &loaded.as_manifest;
+    let mut errors = vec![];
+    for p in prepared {
+        let at = p
+            .case
+            .with
+            .as_ref()
+            .map_or(p.case.name.referenced, |w| w.referenced);
+        for e in crate::schema::check_config(&schema, &config(p.case)) {
+            errors.push(file.error_inside(
+                &at,
+                &e.pointer,
+                &format!("cases[{}].with{}", p.index, e.path),
+                e.message,
+                Some(format!(
+                    "`gantry plugins inspect {}` shows its config schema",
+                    plugin.label.strip_prefix("builtin:").unwrap_or(&plugin.label)
+                )),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ManifestErrors(errors).into())
+    }
+}
+
+/// The context a case's stage (or describe()) runs in: nothing of a real run.
+fn instance_context(
+    workspace: PathBuf,
+    reporter: Arc<dyn Reporter>,
+    store: SecretStore,
+) -> InstanceContext {
+    InstanceContext {
+        workspace,
+        reporter,
+        redactor: store.redactor(),
+        secrets: Arc::new(store),
+        collector: Collector::default(),
+        base: EventBase {
+            run_id: "certify".into(),
+            pipeline: "certify".into(),
+            environment: "certify".into(),
+        },
+        logs: None,
+        state: None,
+        // No cluster is configured: a cluster call the effects leave to the real
+        // world fails, reaching nothing.
+        cluster: Arc::new(crate::capabilities::cluster::kube::Connection::new(
+            None, "certify",
+        )),
+    }
+}
+
 /// How one run of a case ended, with everything the expectations look at.
 pub struct Observed {
     /// `success` or the failure's kind.
@@ -213,27 +294,12 @@ async fn run_case(
         std::fs::write(&to, content).with_context(|| format!("writing {}", to.display()))?;
     }
     let workspace = dir.path().canonicalize()?;
-    let store = SecretStore::from_values(p.secrets.clone());
-    let redactor = store.redactor();
-    let ctx = InstanceContext {
-        workspace: workspace.clone(),
+    let ctx = instance_context(
+        workspace.clone(),
         reporter,
-        redactor: redactor.clone(),
-        secrets: Arc::new(store),
-        collector: Collector::default(),
-        base: EventBase {
-            run_id: "certify".into(),
-            pipeline: "certify".into(),
-            environment: "certify".into(),
-        },
-        logs: None,
-        state: None,
-        // No cluster is configured: a cluster call the effects leave to the real
-        // world fails, reaching nothing.
-        cluster: Arc::new(crate::capabilities::cluster::kube::Connection::new(
-            None, "certify",
-        )),
-    };
+        SecretStore::from_values(p.secrets.clone()),
+    );
+    let redactor = ctx.redactor.clone();
     let subject = Subject::new(&p.case.stage, &format!("cases[{}]", p.index));
     let denials = subject.denials.clone();
     let mut state = StageState::prepare(&ctx, subject, &p.grants, &p.limits)?;
@@ -246,12 +312,7 @@ async fn run_case(
         pipeline: "certify".into(),
         stage: p.case.stage.clone(),
         environment: "certify".into(),
-        config: p
-            .case
-            .with
-            .clone()
-            .unwrap_or(serde_json::Value::Object(Default::default()))
-            .to_string(),
+        config: config(p.case).to_string(),
         inputs: vec![],
         upstream: p
             .case
@@ -462,6 +523,7 @@ pub async fn test(
     mut each: impl FnMut(&Verdict),
 ) -> anyhow::Result<Vec<Verdict>> {
     let prepared = prepare(loaded, false)?;
+    check_configs(runtime, plugin, loaded, &prepared).await?;
     let mut verdicts = vec![];
     for p in &prepared {
         let script = Arc::new(Script::new(p.case));
@@ -526,6 +588,7 @@ pub async fn record(
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<Vec<String>> {
     let prepared = prepare(loaded, true)?;
+    check_configs(runtime, plugin, loaded, &prepared).await?;
     let mut cases = vec![];
     let mut lines = vec![];
     let mut redactors = vec![];
