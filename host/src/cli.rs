@@ -1351,18 +1351,14 @@ async fn check_configs_with(
         }
         if let Some(schema) = &schemas[&plugin.digest] {
             let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
-            for e in crate::schema::check_config(schema, &unit.config) {
-                errors.push(file.error_inside(
-                    &at,
-                    &e.pointer,
-                    &format!("{}.with{}", unit.field, e.path),
-                    e.message,
-                    Some(format!(
-                        "`gantry plugins inspect {}` shows its config schema",
-                        inspect_argument(&unit.source)
-                    )),
-                ));
-            }
+            errors.extend(crate::schema::config_errors(
+                file,
+                &at,
+                &unit.field,
+                schema,
+                &unit.config,
+                &inspect_argument(&unit.source),
+            ));
         }
     }
     for w in &warnings {

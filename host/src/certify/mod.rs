@@ -208,18 +208,17 @@ async fn check_configs(
             .with
             .as_ref()
             .map_or(p.case.name.referenced, |w| w.referenced);
-        for e in crate::schema::check_config(&schema, &config(p.case)) {
-            errors.push(file.error_inside(
-                &at,
-                &e.pointer,
-                &format!("cases[{}].with{}", p.index, e.path),
-                e.message,
-                Some(format!(
-                    "`gantry plugins inspect {}` shows its config schema",
-                    plugin.label.strip_prefix("builtin:").unwrap_or(&plugin.label)
-                )),
-            ));
-        }
+        errors.extend(crate::schema::config_errors(
+            file,
+            &at,
+            &format!("cases[{}]", p.index),
+            &schema,
+            &config(p.case),
+            plugin
+                .label
+                .strip_prefix("builtin:")
+                .unwrap_or(&plugin.label),
+        ));
     }
     if errors.is_empty() {
         Ok(())
