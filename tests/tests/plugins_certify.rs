@@ -258,18 +258,32 @@ fn a_recorded_run_replays_without_the_server() {
     let ws = Workspace::new().env("CERTIFY_TOKEN", "tok-123456");
     let (port, server) = serve(vec![(503, "warming up"), (200, "up, token tok-123456")]);
     let url = format!("http://127.0.0.1:{port}/health");
+    // A port nothing listens on: its refused connection is recorded too.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let input = format!(
         r#"cases:
   - name: live
     with: {{ probe: {{ url: "{url}", successes: 1, interval-ms: 1 }} }}
     permissions: {{ http: ["http://127.0.0.1:{port}"] }}
     secrets: {{ token: {{ env: CERTIFY_TOKEN }} }}
+  - name: nothing listens
+    with: {{ probe: {{ url: "http://127.0.0.1:{closed}/", successes: 1, interval-ms: 2000, window: 1 }}, rollback: false }}
+    permissions: {{ http: ["http://127.0.0.1:{closed}"] }}
 "#
     );
     let out = test_cases(&ws, &input, &["health-gate", "--record", "recorded.yaml"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
         out.stdout.contains("● live: success (2 call(s))"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.stdout.contains("● nothing listens: failed (1 call(s))"),
         "{}",
         out.all()
     );
@@ -284,10 +298,19 @@ fn a_recorded_run_replays_without_the_server() {
     assert!(!recorded.contains("tok-123456"), "{recorded}");
     assert!(recorded.contains("up, token ***"), "{recorded}");
     assert!(recorded.contains("env: CERTIFY_TOKEN"), "{recorded}");
+    assert!(
+        recorded.contains("error: \"connection error: "),
+        "{recorded}"
+    );
+    assert!(
+        recorded.contains("the connection was refused"),
+        "{recorded}"
+    );
 
     let replay = ws.gantry(&["plugins", "test", "--case", "recorded.yaml"]);
     assert_eq!(replay.code, Some(0), "{}\n{recorded}", replay.all());
     assert_eq!(case_line(&replay, "live"), "✓ live");
+    assert_eq!(case_line(&replay, "nothing listens"), "✓ nothing listens");
 
     // The replay really compares: an edited expectation fails it.
     let edited = recorded.replace("healthy: \"true\"", "healthy: \"false\"");

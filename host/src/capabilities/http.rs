@@ -207,7 +207,7 @@ fn scripted(
                 reply
             }
         };
-        let reply = reply.map_err(|why| wasmtime_wasi_http::Error::InternalError(Some(why)))?;
+        let reply = reply.map_err(|why| failure_named(&why))?;
         let mut response = http::Response::builder().status(reply.status);
         for (k, v) in &reply.headers {
             response = response.header(k, v);
@@ -223,6 +223,38 @@ fn scripted(
             Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
         ))
     })
+}
+
+/// The failure a request without a response had, from its text (as written
+/// in a case or recorded from [`wasmtime_wasi_http::Error`]'s message), so that
+/// a replayed failure reaches the plugin with the error code the real one had.
+fn failure_named(why: &str) -> wasmtime_wasi_http::Error {
+    use wasmtime_wasi_http::Error as E;
+    if why.starts_with("connection error: ") {
+        return E::Connect(std::io::Error::other(why.to_string()));
+    }
+    if why.starts_with("TLS error: ") {
+        return E::Tls(std::io::Error::other(why.to_string()));
+    }
+    [
+        E::DnsTimeout,
+        E::DestinationNotFound,
+        E::DestinationUnavailable,
+        E::ConnectionRefused,
+        E::ConnectionTerminated,
+        E::ConnectionTimeout,
+        E::ConnectionReadTimeout,
+        E::ConnectionWriteTimeout,
+        E::ConnectionLimitReached,
+        E::TlsProtocolError,
+        E::TlsCertificateError,
+        E::HttpResponseIncomplete,
+        E::HttpResponseTimeout,
+        E::HttpProtocolError,
+    ]
+    .into_iter()
+    .find(|e| e.to_string() == why)
+    .unwrap_or_else(|| E::InternalError(Some(why.to_string())))
 }
 
 #[cfg(test)]
@@ -241,6 +273,23 @@ mod tests {
         assert!(w.allows("https", "Myreg.AzureCR.io", 443));
         assert!(!w.allows("https", "azurecr.io", 443));
         assert!(!w.allows("https", "evilazurecr.io", 443));
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_their_text() {
+        use wasmtime_wasi_http::Error as E;
+        assert!(matches!(
+            failure_named("connection refused"),
+            E::ConnectionRefused
+        ));
+        assert!(matches!(
+            failure_named("connection error: Connection refused (os error 111)"),
+            E::Connect(_)
+        ));
+        assert!(matches!(
+            failure_named("no scripted response for `GET x`"),
+            E::InternalError(Some(m)) if m.starts_with("no scripted")
+        ));
     }
 
     #[test]

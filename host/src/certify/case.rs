@@ -107,16 +107,25 @@ fn get() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpResponse {
-    #[serde(default = "ok")]
+    #[serde(default = "ok", skip_serializing_if = "is_zero")]
     pub status: u16,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
+    /// No response at all: the request fails with this, as when the server
+    /// cannot be reached (`connection refused`, `connection timeout`, `DNS
+    /// lookup timed out`, `connection terminated`, or any text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn ok() -> u16 {
     200
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 /// One command line and its results, one per matching run in turn; the last

@@ -96,6 +96,9 @@ impl Effects for Script {
             Some(&self.http[e].responses[i])
         });
         Some(match answer {
+            Some(HttpResponse {
+                error: Some(why), ..
+            }) => Err(why.clone()),
             Some(r) => Ok(reply(r)),
             None => {
                 let why = format!("no scripted response for `{line}`");
@@ -216,18 +219,25 @@ impl Effects for Recorder {
     fn saw_http(&self, call: &HttpCall, reply: &Result<HttpReply, String>) {
         let mut rec = self.state.lock().unwrap_or_else(|e| e.into_inner());
         rec.calls.push(http_line(call));
-        // A request that got no answer cannot be replayed as one; the replay
-        // fails it as unmatched, like the real one failed.
-        let Ok(reply) = reply else { return };
-        let response = HttpResponse {
-            status: reply.status,
-            headers: reply
-                .headers
-                .iter()
-                .filter(|(k, _)| !HOP_HEADERS.contains(&k.as_str()))
-                .cloned()
-                .collect(),
-            body: String::from_utf8_lossy(&reply.body).into_owned(),
+        let response = match reply {
+            Ok(reply) => HttpResponse {
+                status: reply.status,
+                headers: reply
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| !HOP_HEADERS.contains(&k.as_str()))
+                    .cloned()
+                    .collect(),
+                body: String::from_utf8_lossy(&reply.body).into_owned(),
+                error: None,
+            },
+            // No answer (connection refused, timeout): replayed as the same failure.
+            Err(why) => HttpResponse {
+                status: 0,
+                headers: Default::default(),
+                body: String::new(),
+                error: Some(why.clone()),
+            },
         };
         match rec
             .http
