@@ -326,6 +326,36 @@ fn a_recorded_run_replays_without_the_server() {
 }
 
 #[test]
+fn a_recorded_program_replays_with_its_writes_without_running() {
+    let ws = Workspace::new();
+    let input = r#"plugin: command
+cases:
+  - name: builds
+    with: { steps: [{ name: build, run: [sh, -c, "echo built > out.txt; echo done"] }] }
+    permissions: { workspace: write, exec: [sh] }
+    workspace: { files: { src.txt: source } }
+    expect: { files: { out.txt: "" } }
+"#;
+    let out = test_cases(&ws, input, &["--record", "recorded.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let recorded = std::fs::read_to_string(ws.path().join("recorded.yaml")).unwrap();
+    assert!(
+        recorded.contains("writes:\n        out.txt: |\n          built"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("stdout: |\n        done"), "{recorded}");
+    // The replay runs no program: with no PATH, a real `sh` could not be found.
+    let replay = ws
+        .command(&["plugins", "test", "--case", "recorded.yaml"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert_eq!(replay.status.code(), Some(0), "{stdout}\n{recorded}");
+    assert!(stdout.contains("✓ builds"), "{stdout}");
+}
+
+#[test]
 fn record_refuses_secret_values_in_the_case_and_engine_grants() {
     let ws = Workspace::new();
     let refused = [

@@ -150,6 +150,17 @@ pub struct ExecResult {
     pub stderr: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub timed_out: bool,
+    /// How long it ran, as the plugin is told (a recording keeps the real one).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub duration_ms: u64,
+    /// Workspace files the program writes (path: content), written when the
+    /// stage may write the workspace, as the real program could.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub writes: BTreeMap<String, String>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_false(b: &bool) -> bool {

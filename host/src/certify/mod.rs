@@ -272,19 +272,13 @@ pub struct Observed {
     pub files: BTreeMap<String, Option<String>>,
 }
 
-/// Run one case once with `effects` in place of the outside world.
-async fn run_case(
-    runtime: &Runtime,
-    plugin: &Plugin,
-    p: &Prepared<'_>,
-    effects: Arc<dyn Effects>,
-    reporter: Arc<dyn Reporter>,
-) -> anyhow::Result<(Observed, Redactor)> {
+/// A fresh workspace holding the case's files.
+fn make_workspace(case: &Case) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::Builder::new()
         .prefix("gantry-case-")
         .tempdir()
         .context("creating the case's workspace")?;
-    for (path, content) in &p.case.workspace.files {
+    for (path, content) in &case.workspace.files {
         let to = dir.path().join(path);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
@@ -292,7 +286,20 @@ async fn run_case(
         }
         std::fs::write(&to, content).with_context(|| format!("writing {}", to.display()))?;
     }
-    let workspace = dir.path().canonicalize()?;
+    let canonical = dir.path().canonicalize()?;
+    Ok((dir, canonical))
+}
+
+/// Run one case once in `workspace` with `effects` in place of the outside world.
+async fn run_case(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    p: &Prepared<'_>,
+    workspace: &Path,
+    effects: Arc<dyn Effects>,
+    reporter: Arc<dyn Reporter>,
+) -> anyhow::Result<(Observed, Redactor)> {
+    let workspace = workspace.to_path_buf();
     let ctx = instance_context(
         workspace.clone(),
         reporter,
@@ -525,10 +532,18 @@ pub async fn test(
     check_configs(runtime, plugin, loaded, &prepared).await?;
     let mut verdicts = vec![];
     for p in &prepared {
-        let script = Arc::new(Script::new(p.case));
-        let (mut seen, redactor) = run_case(runtime, plugin, p, script.clone(), reporter.clone())
-            .await
-            .with_context(|| format!("case `{}`", p.case.name.value))?;
+        let (_dir, workspace) = make_workspace(p.case)?;
+        let script = Arc::new(Script::new(p.case, &workspace, p.grants.workspace.write));
+        let (mut seen, redactor) = run_case(
+            runtime,
+            plugin,
+            p,
+            &workspace,
+            script.clone(),
+            reporter.clone(),
+        )
+        .await
+        .with_context(|| format!("case `{}`", p.case.name.value))?;
         (seen.calls, seen.unmatched) = script.finish();
         let verdict = Verdict {
             name: p.case.name.value.clone(),
@@ -592,10 +607,18 @@ pub async fn record(
     let mut lines = vec![];
     let mut redactors = vec![];
     for p in &prepared {
-        let recorder = Arc::new(Recorder::default());
-        let (seen, redactor) = run_case(runtime, plugin, p, recorder.clone(), reporter.clone())
-            .await
-            .with_context(|| format!("case `{}`", p.case.name.value))?;
+        let (_dir, workspace) = make_workspace(p.case)?;
+        let recorder = Arc::new(Recorder::new(&workspace));
+        let (seen, redactor) = run_case(
+            runtime,
+            plugin,
+            p,
+            &workspace,
+            recorder.clone(),
+            reporter.clone(),
+        )
+        .await
+        .with_context(|| format!("case `{}`", p.case.name.value))?;
         let recorded = recorder.finish();
         let outcome = if seen.kind == "success" {
             Outcome::Success

@@ -6,6 +6,8 @@ use super::case::{CallResult, CallScript, ExecResult, ExecScript, HttpResponse, 
 use crate::capabilities::effects::{Effects, HttpCall, HttpReply};
 use crate::runtime::bindings::exec::{Command, ExitStatus};
 use crate::runtime::bindings::types::HostError;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// A call as listed in `expect.calls`.
@@ -32,6 +34,10 @@ pub struct Script {
     exec: Vec<ExecScript>,
     /// (capability, entry): cluster and engine calls.
     calls: Vec<(&'static str, CallScript)>,
+    /// The case's workspace, and whether the stage may write it (and so
+    /// its programs' scripted writes happen).
+    workspace: PathBuf,
+    writable: bool,
     state: Mutex<Seen>,
 }
 
@@ -47,7 +53,7 @@ struct Seen {
 }
 
 impl Script {
-    pub fn new(case: &super::case::Case) -> Self {
+    pub fn new(case: &super::case::Case, workspace: &Path, writable: bool) -> Self {
         let calls: Vec<(&'static str, CallScript)> = (case.cluster.iter().map(|c| ("cluster", c)))
             .chain(case.engine.iter().map(|c| ("engine", c)))
             .map(|(k, c)| (k, c.clone()))
@@ -62,6 +68,8 @@ impl Script {
             http: case.http.clone(),
             exec: case.exec.clone(),
             calls,
+            workspace: workspace.to_path_buf(),
+            writable,
             state: Mutex::new(seen),
         }
     }
@@ -118,13 +126,24 @@ impl Effects for Script {
             let i = next(&self.exec[e].results, &mut seen.exec_used[e])?;
             Some(&self.exec[e].results[i])
         });
+        if let Some(r) = answer
+            && self.writable
+        {
+            for (path, content) in &r.writes {
+                if let Err(e) = write_beneath(&self.workspace, path, content.as_bytes()) {
+                    return Some(Err(HostError::Failed(format!(
+                        "scripted write of `{path}` by `{line}`: {e:#}"
+                    ))));
+                }
+            }
+        }
         Some(match answer {
             Some(r) => Ok(ExitStatus {
                 code: r.code,
                 timed_out: r.timed_out,
                 stdout: r.stdout.clone(),
                 stderr: r.stderr.clone(),
-                duration_ms: 0,
+                duration_ms: r.duration_ms,
             }),
             None => {
                 let why = format!("no scripted result for `{line}`");
@@ -167,6 +186,59 @@ impl Script {
     }
 }
 
+/// Write `content` to `rel` in `workspace`, never through a link the plugin
+/// may have planted there.
+fn write_beneath(workspace: &Path, rel: &str, content: &[u8]) -> anyhow::Result<()> {
+    use crate::nofollow::{Modes, NoFollowDir};
+    let rel = Path::new(rel);
+    let name = rel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| anyhow::anyhow!("not a file path"))?;
+    let modes = Modes {
+        dir: 0o755,
+        file: 0o644,
+    };
+    let dir = NoFollowDir::open_beneath(
+        workspace,
+        rel.parent().unwrap_or(Path::new("")),
+        true,
+        modes,
+    )?;
+    dir.write_atomic(name, content)
+}
+
+/// Text files of the workspace (path: content), to see what a real program
+/// wrote; links, large and binary files are left out.
+fn text_files(workspace: &Path) -> BTreeMap<String, String> {
+    const MAX: u64 = 1 << 20;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![workspace.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file()
+                && meta.len() <= MAX
+                && out.len() < 1000
+                && let (Ok(text), Ok(rel)) = (
+                    std::fs::read_to_string(e.path()),
+                    e.path().strip_prefix(workspace),
+                )
+            {
+                out.insert(rel.to_string_lossy().into_owned(), text);
+            }
+        }
+    }
+    out
+}
+
 fn reply(r: &HttpResponse) -> HttpReply {
     HttpReply {
         status: r.status,
@@ -180,8 +252,10 @@ fn reply(r: &HttpResponse) -> HttpReply {
 }
 
 /// Lets every call happen and keeps it, to be written as a case.
-#[derive(Default)]
 pub struct Recorder {
+    workspace: PathBuf,
+    /// The workspace's text files before the program now running started.
+    before: Mutex<BTreeMap<String, String>>,
     state: Mutex<Recorded>,
 }
 
@@ -202,6 +276,14 @@ const HOP_HEADERS: &[&str] = &[
 ];
 
 impl Recorder {
+    pub fn new(workspace: &Path) -> Self {
+        Self {
+            workspace: workspace.to_path_buf(),
+            before: Mutex::default(),
+            state: Mutex::default(),
+        }
+    }
+
     pub fn finish(&self) -> Recorded {
         std::mem::take(&mut *self.state.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -213,6 +295,7 @@ impl Effects for Recorder {
     }
 
     fn exec(&self, _: &Command) -> Option<Result<ExitStatus, HostError>> {
+        *self.before.lock().unwrap_or_else(|e| e.into_inner()) = text_files(&self.workspace);
         None
     }
 
@@ -264,6 +347,15 @@ impl Effects for Recorder {
             stdout: status.stdout.clone(),
             stderr: status.stderr.clone(),
             timed_out: status.timed_out,
+            duration_ms: status.duration_ms,
+            writes: {
+                let before =
+                    std::mem::take(&mut *self.before.lock().unwrap_or_else(|e| e.into_inner()));
+                text_files(&self.workspace)
+                    .into_iter()
+                    .filter(|(path, text)| before.get(path) != Some(text))
+                    .collect()
+            },
         };
         let argv = argv(cmd);
         match rec.exec.iter_mut().find(|s| s.run == argv) {
