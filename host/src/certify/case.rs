@@ -41,6 +41,9 @@ pub struct Case {
     /// Secret values by name: a value, or `{ env: VARIABLE }`.
     #[serde(default)]
     pub secrets: BTreeMap<String, Spanned<SecretValue>>,
+    /// Host-kept state (`state` interface) before the run: key: text value.
+    #[serde(default)]
+    pub state: BTreeMap<String, String>,
     /// Outputs of earlier stages, by stage name (`ctx.upstream`).
     #[serde(default)]
     pub upstream: BTreeMap<String, BTreeMap<String, String>>,
@@ -252,6 +255,9 @@ pub struct Expect {
     /// Workspace files and their content after the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<BTreeMap<String, String>>,
+    /// Host-kept state after the run: key: text value, or `null` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<BTreeMap<String, Option<String>>>,
 }
 
 /// A parsed case file with its source, for errors that point into it.

@@ -12,6 +12,7 @@ pub mod script;
 
 use crate::capabilities::effects::Effects;
 use crate::capabilities::secrets::SecretStore;
+use crate::capabilities::state::StateStore;
 use crate::capabilities::telemetry::{Collector, EventBase};
 use crate::capabilities::{Grants, Subject};
 use crate::manifest::{ManifestError, ManifestErrors};
@@ -135,6 +136,16 @@ fn prepare(loaded: &Loaded, recording: bool) -> Result<Vec<Prepared<'_>>, Manife
                         None,
                     )),
                 },
+            }
+        }
+        for key in case.state.keys() {
+            if let Some(why) = crate::capabilities::state::check_key(key) {
+                errors.push(file.error(
+                    &case.name.referenced,
+                    &format!("{field}.state"),
+                    why,
+                    None,
+                ));
             }
         }
         for path in case.workspace.files.keys() {
@@ -270,24 +281,35 @@ pub struct Observed {
     /// Workspace files after the run, for the paths `expect.files` names
     /// (or that artifacts point at): `None` when missing.
     pub files: BTreeMap<String, Option<String>>,
+    /// Host-kept state after the run.
+    pub state: BTreeMap<String, Option<String>>,
 }
 
-/// A fresh workspace holding the case's files.
-fn make_workspace(case: &Case) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+/// A fresh workspace holding the case's files, and beside it (out of the
+/// plugin's reach) the host-kept state seeded with the case's values.
+fn make_workspace(case: &Case) -> anyhow::Result<(tempfile::TempDir, PathBuf, Arc<StateStore>)> {
     let dir = tempfile::Builder::new()
         .prefix("gantry-case-")
         .tempdir()
         .context("creating the case's workspace")?;
+    let workspace = dir.path().join("workspace");
+    std::fs::create_dir(&workspace).context("creating the case's workspace")?;
     for (path, content) in &case.workspace.files {
-        let to = dir.path().join(path);
+        let to = workspace.join(path);
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&to, content).with_context(|| format!("writing {}", to.display()))?;
     }
-    let canonical = dir.path().canonicalize()?;
-    Ok((dir, canonical))
+    let private = crate::state_dir::PrivateDir::open_private(dir.path())?;
+    let state = StateStore::new(private.create_subdir("state")?);
+    for (key, value) in &case.state {
+        state
+            .set(key, value.as_bytes(), None)?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok((dir, workspace.canonicalize()?, Arc::new(state)))
 }
 
 /// Run one case once in `workspace` with `effects` in place of the outside world.
@@ -295,16 +317,17 @@ async fn run_case(
     runtime: &Runtime,
     plugin: &Plugin,
     p: &Prepared<'_>,
-    workspace: &Path,
+    (workspace, kept): (&Path, Arc<StateStore>),
     effects: Arc<dyn Effects>,
     reporter: Arc<dyn Reporter>,
 ) -> anyhow::Result<(Observed, Redactor)> {
     let workspace = workspace.to_path_buf();
-    let ctx = instance_context(
+    let mut ctx = instance_context(
         workspace.clone(),
         reporter,
         SecretStore::from_values(p.secrets.clone()),
     );
+    ctx.state = Some(kept.clone());
     let redactor = ctx.redactor.clone();
     let subject = Subject::new(&p.case.stage, &format!("cases[{}]", p.index));
     let denials = subject.denials.clone();
@@ -354,7 +377,14 @@ async fn run_case(
         denials: denials.take(),
         unmatched: vec![],
         files: BTreeMap::new(),
+        state: BTreeMap::new(),
     };
+    for key in kept.keys()? {
+        let value = kept
+            .get(&key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        observed.state.insert(key, value);
+    }
     match result {
         Ok(o) => {
             observed.message = o.summary;
@@ -463,6 +493,17 @@ pub fn differences(expect: &Expect, seen: &Observed) -> Vec<String> {
             out.push(format!("denials: unexpected `{d}`"));
         }
     }
+    for (key, want) in expect.state.iter().flatten() {
+        let got = seen.state.get(key).cloned().flatten();
+        if got != *want {
+            let shown = |v: &Option<String>| v.as_ref().map_or("none".into(), |v| format!("`{v}`"));
+            out.push(format!(
+                "state.{key}: expected {}, got {}",
+                shown(want),
+                shown(&got)
+            ));
+        }
+    }
     for (path, want) in expect.files.iter().flatten() {
         match seen.files.get(path) {
             Some(Some(got)) if got == want => {}
@@ -532,13 +573,13 @@ pub async fn test(
     check_configs(runtime, plugin, loaded, &prepared).await?;
     let mut verdicts = vec![];
     for p in &prepared {
-        let (_dir, workspace) = make_workspace(p.case)?;
+        let (_dir, workspace, state) = make_workspace(p.case)?;
         let script = Arc::new(Script::new(p.case, &workspace, p.grants.workspace.write));
         let (mut seen, redactor) = run_case(
             runtime,
             plugin,
             p,
-            &workspace,
+            (&workspace, state),
             script.clone(),
             reporter.clone(),
         )
@@ -587,6 +628,7 @@ const GIVEN: &[&str] = &[
     "timeout",
     "workspace",
     "secrets",
+    "state",
     "upstream",
 ];
 
@@ -607,13 +649,13 @@ pub async fn record(
     let mut lines = vec![];
     let mut redactors = vec![];
     for p in &prepared {
-        let (_dir, workspace) = make_workspace(p.case)?;
+        let (_dir, workspace, state) = make_workspace(p.case)?;
         let recorder = Arc::new(Recorder::new(&workspace));
         let (seen, redactor) = run_case(
             runtime,
             plugin,
             p,
-            &workspace,
+            (&workspace, state),
             recorder.clone(),
             reporter.clone(),
         )
@@ -657,6 +699,7 @@ pub async fn record(
                 calls: Some(recorded.calls),
                 denials: Some(seen.denials),
                 files: (!files.is_empty()).then_some(files),
+                state: (!seen.state.is_empty()).then_some(seen.state),
             },
         });
         redactors.push(redactor);
@@ -691,6 +734,7 @@ mod tests {
             denials: vec!["stage `s` is not allowed to read secret `t`".into()],
             unmatched: vec![],
             files: BTreeMap::from([("report.json".into(), None)]),
+            state: BTreeMap::new(),
         }
     }
 
@@ -701,6 +745,7 @@ mod tests {
             outputs: Some(BTreeMap::from([("n".into(), "4".into())])),
             artifacts: Some(vec!["report".into()]),
             denials: Some(vec![]),
+            state: Some(BTreeMap::from([("k".into(), Some("v".into()))])),
             ..Expect::default()
         };
         let d = differences(&expect, &observed("success", &[]));
@@ -711,6 +756,7 @@ mod tests {
                 "outputs.n: expected `4`, got `3`",
                 "artifacts: `report` points at `report.json`, which is not in the workspace",
                 "denials: unexpected `stage `s` is not allowed to read secret `t``",
+                "state.k: expected `v`, got none",
             ]
         );
         let met = Expect {
