@@ -404,7 +404,8 @@ async fn run_case(
         .flat_map(|f| f.keys().cloned())
         .chain(observed.artifacts.iter().filter_map(|(_, p)| p.clone()));
     for path in wanted.collect::<Vec<_>>() {
-        // Through the same no-follow resolution the stage's own paths get.
+        // Resolved as the host resolves a stage's paths: a link the plugin
+        // planted that leads out of the workspace is not read.
         let content = crate::capabilities::workspace::resolve_inside(&workspace, &path)
             .ok()
             .and_then(|at| std::fs::read(at).ok())
