@@ -372,6 +372,27 @@ enum PluginsCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Certify a stage plugin: run it against the cases of a case file with
+    /// the host's answers scripted (HTTP, exec, secrets; nothing outside is
+    /// reached) and check outcome, outputs, artifacts, calls and denials.
+    #[command(
+        after_help = "Examples:\n  gantry plugins test health-gate --case plugins/health-gate/cases.yaml\n  gantry plugins test ./my_stage.wasm --case cases.yaml\n  gantry plugins test ./my_stage.wasm --case cases.yaml --record recorded.yaml"
+    )]
+    Test {
+        /// A built-in name, a path to a .wasm component, or an OCI reference;
+        /// default: the case file's `plugin:`.
+        plugin: Option<String>,
+        /// The case file (YAML).
+        #[arg(long)]
+        case: PathBuf,
+        /// Run each case for real once instead (its HTTP requests and programs
+        /// reach the world) and write it to this file with the answers seen and
+        /// the outcome as expectations; secret values are masked.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Push a component to a registry as a Wasm OCI artifact (the layout
     /// `wkg oci push` writes) and print its digest.
     #[command(
@@ -717,6 +738,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             reference,
             registry,
         }) => push(&file, &reference, &registry).await,
+        Command::Plugins(PluginsCommand::Test {
+            plugin,
+            case,
+            record,
+            registry,
+        }) => {
+            let runtime = new_runtime(options, &console)?;
+            plugins_test(
+                &runtime,
+                plugin.as_deref(),
+                &case,
+                record.as_deref(),
+                &registry,
+                &console,
+                cli.global.verbose,
+            )
+            .await
+        }
         Command::Plugins(PluginsCommand::Pull {
             reference,
             key,
@@ -830,26 +869,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             registry,
         }) => {
-            let source = PluginSource::parse(&plugin, std::path::Path::new("."))
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "`{plugin}` is neither a built-in plugin, a .wasm path nor an oci:// reference"
-                    )
-                })?
-                .map_err(anyhow::Error::msg)?;
-            let bytes = match &source {
-                PluginSource::Oci(oci) => {
-                    let client = registry.client(&oci.reference)?;
-                    let store = crate::oci::store::Store::open(None);
-                    let (_, bytes) =
-                        crate::oci::fetch::resolve(&client, oci, &store, console.as_ref()).await?;
-                    crate::plugins::PluginBytes::new(
-                        oci.written.clone(),
-                        std::borrow::Cow::Owned(bytes),
-                    )
-                }
-                _ => source.read()?,
-            };
+            let bytes = plugin_bytes(&plugin, Path::new("."), &registry, console.as_ref()).await?;
             let runtime = new_runtime(options, &console)?;
             let loaded = runtime.load_reporting(&bytes, console.as_ref())?;
             let info = describe(&runtime, &loaded, &bare_context(), console.as_ref()).await?;
@@ -907,6 +927,116 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The bytes of the plugin `written` on the command line (or in a case file
+/// at `base`): a built-in name, a .wasm path, or an OCI reference, fetched.
+async fn plugin_bytes(
+    written: &str,
+    base: &Path,
+    registry: &RegistryArgs,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<crate::plugins::PluginBytes> {
+    let source = PluginSource::parse(written, base)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{written}` is neither a built-in plugin, a .wasm path nor an oci:// reference"
+            )
+        })?
+        .map_err(anyhow::Error::msg)?;
+    Ok(match &source {
+        PluginSource::Oci(oci) => {
+            let client = registry.client(&oci.reference)?;
+            let store = crate::oci::store::Store::open(None);
+            let (_, bytes) = crate::oci::fetch::resolve(&client, oci, &store, reporter).await?;
+            crate::plugins::PluginBytes::new(oci.written.clone(), std::borrow::Cow::Owned(bytes))
+        }
+        _ => source.read()?,
+    })
+}
+
+/// `gantry plugins test`: run the cases (or record them) and print one line each.
+async fn plugins_test(
+    runtime: &Runtime,
+    plugin: Option<&str>,
+    case: &Path,
+    record: Option<&Path>,
+    registry: &RegistryArgs,
+    console: &Arc<dyn Reporter>,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let loaded = match crate::certify::case::Loaded::load(case) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Bad input is refused before the plugin is loaded.
+    if let Err(errors) = crate::certify::check(&loaded, record.is_some()) {
+        eprintln!("{errors}");
+        return Ok(ExitCode::from(2));
+    }
+    let (written, base) = match (plugin, &loaded.file.plugin) {
+        (Some(p), _) => (p.to_string(), PathBuf::from(".")),
+        (None, Some(p)) => (p.clone(), crate::pipeline::manifest_dir(case)),
+        (None, None) => anyhow::bail!(
+            "no plugin to test: name it on the command line or as `plugin:` in {}",
+            case.display()
+        ),
+    };
+    let bytes = plugin_bytes(&written, &base, registry, console.as_ref()).await?;
+    let loaded_plugin = runtime.load_reporting(&bytes, console.as_ref())?;
+    // The plugin's log is shown with --verbose only; the case lines are the output.
+    let reporter: Arc<dyn Reporter> = if verbose {
+        console.clone()
+    } else {
+        Arc::new(Silent)
+    };
+    let outcome = match record {
+        Some(out) => {
+            let as_written = plugin.filter(|p| crate::plugins::builtin(p).is_some());
+            crate::certify::record(
+                runtime,
+                &loaded_plugin,
+                as_written.map(String::from),
+                &loaded,
+                out,
+                reporter,
+            )
+            .await
+            .map(|lines| {
+                for line in lines {
+                    out!("{line}");
+                }
+                out!("wrote {}", out.display());
+                true
+            })
+        }
+        None => crate::certify::test(runtime, &loaded_plugin, &loaded, reporter, |v| {
+            out!("{}", v.line())
+        })
+        .await
+        .map(|verdicts| {
+            let failed = verdicts
+                .iter()
+                .filter(|v| !v.differences.is_empty())
+                .count();
+            out!("{} case(s), {failed} failed", verdicts.len());
+            failed == 0
+        }),
+    };
+    match outcome {
+        Ok(true) => Ok(ExitCode::SUCCESS),
+        Ok(false) => Ok(ExitCode::from(1)),
+        Err(e) => match e.downcast::<crate::manifest::ManifestErrors>() {
+            Ok(errors) => {
+                eprintln!("{errors}");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -1396,18 +1526,14 @@ async fn check_configs_with(
         }
         if let Some(schema) = &schemas[&plugin.digest] {
             let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
-            for e in crate::schema::check_config(schema, &unit.config) {
-                errors.push(file.error_inside(
-                    &at,
-                    &e.pointer,
-                    &format!("{}.with{}", unit.field, e.path),
-                    e.message,
-                    Some(format!(
-                        "`gantry plugins inspect {}` shows its config schema",
-                        inspect_argument(&unit.source)
-                    )),
-                ));
-            }
+            errors.extend(crate::schema::config_errors(
+                file,
+                &at,
+                &unit.field,
+                schema,
+                &unit.config,
+                &inspect_argument(&unit.source),
+            ));
         }
     }
     for w in &warnings {

@@ -16,9 +16,11 @@
 //!   links.
 //! - [`oci`]: plugins pulled from OCI registries, `gantry.lock`, their cache.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
+//! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
+pub mod certify;
 pub mod cli;
 pub mod expr;
 #[cfg(test)]

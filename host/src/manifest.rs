@@ -375,26 +375,12 @@ impl ManifestFile {
     /// Parse manifest text that was read from `path`.
     pub fn parse(path: &Path, source: String) -> Result<Self, ManifestErrors> {
         let source = Arc::new(source);
-        match serde_saphyr::from_str::<Manifest>(&source) {
-            Ok(manifest) => Ok(Self {
-                path: path.to_path_buf(),
-                source,
-                manifest,
-            }),
-            Err(err) => {
-                let mut message = err.without_snippet().to_string();
-                // The location leads our message already.
-                if let Some(i) = message.rfind(" at line ") {
-                    message.truncate(i);
-                }
-                let help = unknown_field_help(&message);
-                let error = match err.location() {
-                    Some(at) => spanned_error(path, &source, &at, "", message, help),
-                    None => ManifestError::plain(format!("{}: {message}", path.display())),
-                };
-                Err(ManifestErrors(vec![error]))
-            }
-        }
+        let manifest = parse_yaml::<Manifest>(path, &source)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            source,
+            manifest,
+        })
     }
 
     /// The directory relative paths in the manifest are resolved against.
@@ -449,6 +435,27 @@ impl ManifestFile {
             help,
         )
     }
+}
+
+/// Parse YAML read from `path` into `T`; a syntax or shape error names the
+/// file, line and column and shows the line (manifests, plugin case files).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    source: &Arc<String>,
+) -> Result<T, ManifestErrors> {
+    serde_saphyr::from_str::<T>(source).map_err(|err| {
+        let mut message = err.without_snippet().to_string();
+        // The location leads our message already.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        let help = unknown_field_help(&message);
+        let error = match err.location() {
+            Some(at) => spanned_error(path, source, &at, "", message, help),
+            None => ManifestError::plain(format!("{}: {message}", path.display())),
+        };
+        ManifestErrors(vec![error])
+    })
 }
 
 /// An error at `at` in `source` (read from `path`), under manifest field `field`.

@@ -962,7 +962,7 @@ fn to_wit(a: &ArtifactRecord) -> Artifact {
 }
 
 /// Artifact paths must stay inside the workspace: relative, without `..`.
-fn check_artifacts(artifacts: &[Artifact]) -> Result<(), String> {
+pub(crate) fn check_artifacts(artifacts: &[Artifact]) -> Result<(), String> {
     for a in artifacts {
         if let Some(p) = &a.path
             && Path::new(p)

@@ -10,6 +10,33 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// [`check_config`] as manifest errors: each points inside the `with:`
+/// written at `at` in `file` (field `field`, e.g. `stages[2]`), with a hint
+/// to `gantry plugins inspect <inspect>`.
+pub fn config_errors(
+    file: &crate::manifest::ManifestFile,
+    at: &serde_saphyr::Location,
+    field: &str,
+    schema: &serde_json::Value,
+    config: &serde_json::Value,
+    inspect: &str,
+) -> Vec<crate::manifest::ManifestError> {
+    check_config(schema, config)
+        .into_iter()
+        .map(|e| {
+            file.error_inside(
+                at,
+                &e.pointer,
+                &format!("{field}.with{}", e.path),
+                e.message,
+                Some(format!(
+                    "`gantry plugins inspect {inspect}` shows its config schema"
+                )),
+            )
+        })
+        .collect()
+}
+
 /// Every violation of `schema` by `config`. Strings holding `${{ }}`
 /// expressions are checked as written: their values are known only at run time.
 pub fn check_config(schema: &serde_json::Value, config: &serde_json::Value) -> Vec<ConfigError> {

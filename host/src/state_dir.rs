@@ -195,6 +195,12 @@ impl PrivateDir {
         Ok(Self(dir))
     }
 
+    /// A private directory the caller just made for itself (e.g. a temp dir,
+    /// mode 0700): checked like the state root.
+    pub fn open_private(path: &Path) -> anyhow::Result<Self> {
+        Self::open_root(path)
+    }
+
     /// A private directory made by a test.
     #[cfg(test)]
     pub fn open_for_tests(path: &Path) -> Self {

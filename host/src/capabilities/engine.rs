@@ -67,6 +67,8 @@ pub struct EngineState {
     pub log: Arc<StageLog>,
     /// The run id for the `gantry.run` label; empty outside a run.
     pub run_id: String,
+    /// Set by `gantry plugins test`: answers allowed calls instead of the engine.
+    pub effects: Option<Arc<dyn super::effects::Effects>>,
 }
 
 /// The label on every container gantry starts; only those may be removed.
@@ -111,6 +113,12 @@ impl EngineState {
             &format!("registry `{registry}` ({why} `{reference}`)"),
             &format!("registries: [{list}]"),
         )))
+    }
+
+    /// The scripted answer to an allowed call, when a harness scripts them
+    /// (asked where the engine would be reached, after every check).
+    fn scripted<T: serde::de::DeserializeOwned>(&self, line: &str) -> Option<Result<T, HostError>> {
+        super::effects::scripted(self.effects.as_ref(), "engine", line)
     }
 
     async fn docker(&self) -> Result<bollard::Docker, HostError> {
@@ -165,6 +173,11 @@ impl EngineState {
             Level::Info,
             &format!("build context: {} bytes", tarball.len()),
         );
+        if let Some(answer) =
+            self.scripted(&format!("build {} {}", req.context, req.tags.join(" ")))
+        {
+            return answer;
+        }
         let docker = self.docker().await?;
         let args: HashMap<String, String> = req.build_args.iter().cloned().collect();
         let mut options = bollard::query_parameters::BuildImageOptionsBuilder::default()
@@ -260,6 +273,9 @@ impl EngineState {
             .map_err(HostError::Invalid)?
             .to_path_buf();
         let workspace = self.workspace.clone();
+        if let Some(answer) = self.scripted(&format!("export-layout {image} {dir}")) {
+            return answer;
+        }
         let docker = self.docker().await?;
         let mut saved = Vec::new();
         let mut stream = docker.export_image(&image);
@@ -433,6 +449,9 @@ impl EngineState {
             )));
         }
         self.check_registry(&reference, "pulling")?;
+        if let Some(answer) = self.scripted(&format!("pull {reference}")) {
+            return answer;
+        }
         let docker = self.docker().await?;
         let full = with_default_tag(&reference);
         self.log.write(Level::Info, &format!("pulling {full}"));
@@ -521,6 +540,9 @@ impl EngineState {
             })?),
             None => None,
         };
+        if let Some(answer) = self.scripted(&format!("start {name} {}", req.image)) {
+            return answer;
+        }
         let docker = self.docker().await?;
         // A container of the same name: replaced if gantry started it.
         match docker.inspect_container(&name, None).await {
@@ -725,6 +747,9 @@ impl EngineState {
             return Err(HostError::Invalid(format!(
                 "`{container}` is not a container name or id"
             )));
+        }
+        if let Some(answer) = self.scripted(&format!("remove {container}")) {
+            return answer;
         }
         let docker = self.docker().await?;
         let existing = match docker.inspect_container(&container, None).await {

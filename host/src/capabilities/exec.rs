@@ -265,6 +265,8 @@ pub struct ExecState {
     pub run_id: String,
     /// `limits.processes`.
     pub processes: u64,
+    /// Set by `gantry plugins test`: answers (or records) allowed runs.
+    pub effects: Option<Arc<dyn super::effects::Effects>>,
     confinement: Mutex<Option<Arc<Confinement>>>,
 }
 
@@ -289,6 +291,7 @@ impl ExecState {
             log,
             run_id,
             processes,
+            effects: None,
             confinement: Mutex::new(None),
         }
     }
@@ -366,6 +369,21 @@ impl ExecState {
     }
 
     pub async fn run(&self, cmd: Command) -> Result<ExitStatus, HostError> {
+        self.check(&cmd)?;
+        let Some(effects) = &self.effects else {
+            return self.run_checked(cmd).await;
+        };
+        if let Some(answer) = effects.exec(&cmd) {
+            return answer;
+        }
+        let result = self.run_checked(cmd.clone()).await;
+        effects.saw_exec(&cmd, &result);
+        result
+    }
+
+    /// Refuse a program that is not granted, variables never passed, or a
+    /// working directory outside the workspace.
+    fn check(&self, cmd: &Command) -> Result<(), HostError> {
         if !self.grant.programs.contains(&cmd.program) {
             // Grants are names, so a path is suggested as its file name.
             let name = cmd.program.rsplit('/').next().unwrap_or(&cmd.program);
@@ -387,6 +405,12 @@ impl ExecState {
                 loader::refused_in_words()
             )));
         }
+        self.resolve_cwd(cmd.cwd.as_deref())?;
+        Ok(())
+    }
+
+    /// Run a program that passed [`ExecState::check`] on the host.
+    async fn run_checked(&self, cmd: Command) -> Result<ExitStatus, HostError> {
         let confine = Support::get()
             .confine()
             .map_err(|why| self.refuse(format!("to run `{}`: {why}", cmd.program)))?;

@@ -3,6 +3,7 @@
 //! `HTTP-request-denied` before any connection is made.
 
 use super::Subject;
+use super::effects::{Effects, HttpCall, HttpReply};
 use crate::manifest::{ManifestError, ManifestFile, Permissions};
 use std::fmt;
 use std::sync::Arc;
@@ -112,6 +113,8 @@ impl HttpGrant {
 pub struct HttpPolicy {
     pub grant: Arc<HttpGrant>,
     pub subject: Subject,
+    /// Set by `gantry plugins test`: answers (or records) allowed requests.
+    pub effects: Option<Arc<dyn Effects>>,
 }
 
 type SendResult = Box<
@@ -150,6 +153,9 @@ impl WasiHttpHooks for HttpPolicy {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
+        if let Some(effects) = self.effects.clone() {
+            return scripted(effects, request, options);
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
@@ -159,6 +165,96 @@ impl WasiHttpHooks for HttpPolicy {
             ))
         })
     }
+}
+
+/// Send through `effects`: their answer, or the real response read whole
+/// (so that it can be recorded) and handed on.
+fn scripted(
+    effects: Arc<dyn Effects>,
+    request: http::Request<wasmtime_wasi_http::WasiBody>,
+    options: Option<wasmtime_wasi_http::RequestOptions>,
+) -> SendResult {
+    use http_body_util::BodyExt;
+    let call = HttpCall {
+        method: request.method().as_str().to_ascii_uppercase(),
+        url: request.uri().to_string(),
+    };
+    Box::new(async move {
+        let reply = match effects.http(&call) {
+            Some(answer) => answer,
+            None => {
+                let real = async {
+                    let (res, io) =
+                        wasmtime_wasi_http::default_send_request(request, options).await?;
+                    // The connection is driven beside the body being read.
+                    tokio::spawn(io);
+                    let (parts, body) = res.into_parts();
+                    let body = body.collect().await?.to_bytes();
+                    Ok::<_, wasmtime_wasi_http::Error>(HttpReply {
+                        status: parts.status.as_u16(),
+                        headers: parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
+                            })
+                            .collect(),
+                        body: body.to_vec(),
+                    })
+                };
+                let reply = real.await.map_err(|e| e.to_string());
+                effects.saw_http(&call, &reply);
+                reply
+            }
+        };
+        let reply = reply.map_err(|why| failure_named(&why))?;
+        let mut response = http::Response::builder().status(reply.status);
+        for (k, v) in &reply.headers {
+            response = response.header(k, v);
+        }
+        let body = http_body_util::Full::new(bytes::Bytes::from(reply.body))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let response = response.body(body).map_err(|e| {
+            wasmtime_wasi_http::Error::InternalError(Some(format!("scripted response: {e}")))
+        })?;
+        Ok((
+            response,
+            Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+        ))
+    })
+}
+
+/// The failure a request without a response had, from its text (as written
+/// in a case or recorded from [`wasmtime_wasi_http::Error`]'s message), so that
+/// a replayed failure reaches the plugin with the error code the real one had.
+fn failure_named(why: &str) -> wasmtime_wasi_http::Error {
+    use wasmtime_wasi_http::Error as E;
+    if why.starts_with("connection error: ") {
+        return E::Connect(std::io::Error::other(why.to_string()));
+    }
+    if why.starts_with("TLS error: ") {
+        return E::Tls(std::io::Error::other(why.to_string()));
+    }
+    [
+        E::DnsTimeout,
+        E::DestinationNotFound,
+        E::DestinationUnavailable,
+        E::ConnectionRefused,
+        E::ConnectionTerminated,
+        E::ConnectionTimeout,
+        E::ConnectionReadTimeout,
+        E::ConnectionWriteTimeout,
+        E::ConnectionLimitReached,
+        E::TlsProtocolError,
+        E::TlsCertificateError,
+        E::HttpResponseIncomplete,
+        E::HttpResponseTimeout,
+        E::HttpProtocolError,
+    ]
+    .into_iter()
+    .find(|e| e.to_string() == why)
+    .unwrap_or_else(|| E::InternalError(Some(why.to_string())))
 }
 
 #[cfg(test)]
@@ -177,6 +273,23 @@ mod tests {
         assert!(w.allows("https", "Myreg.AzureCR.io", 443));
         assert!(!w.allows("https", "azurecr.io", 443));
         assert!(!w.allows("https", "evilazurecr.io", 443));
+    }
+
+    #[test]
+    fn failures_are_told_apart_by_their_text() {
+        use wasmtime_wasi_http::Error as E;
+        assert!(matches!(
+            failure_named("connection refused"),
+            E::ConnectionRefused
+        ));
+        assert!(matches!(
+            failure_named("connection error: Connection refused (os error 111)"),
+            E::Connect(_)
+        ));
+        assert!(matches!(
+            failure_named("no scripted response for `GET x`"),
+            E::InternalError(Some(m)) if m.starts_with("no scripted")
+        ));
     }
 
     #[test]

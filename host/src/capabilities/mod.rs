@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod declared;
+pub mod effects;
 pub mod engine;
 pub mod env;
 pub mod exec;

@@ -81,6 +81,13 @@ impl SecretStore {
         Self { values }
     }
 
+    /// A store of known values (the scripted secrets of `gantry plugins test`).
+    pub fn from_values(values: BTreeMap<String, String>) -> Self {
+        Self {
+            values: values.into_iter().map(|(k, v)| (k, Ok(v))).collect(),
+        }
+    }
+
     /// The value of a secret, whether granted or not (for expressions, which
     /// the plan has checked against the grants).
     pub fn value(&self, name: &str) -> Option<&str> {

@@ -683,6 +683,7 @@ impl StageState {
             http_policy: http::HttpPolicy {
                 grant: Arc::new(grants.http.clone()),
                 subject: subject.clone(),
+                effects: None,
             },
             table: wasmtime::component::ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory),
@@ -720,6 +721,7 @@ impl StageState {
                 workspace_writable: grants.workspace.write,
                 log: log.clone(),
                 run_id: ctx.base.run_id.clone(),
+                effects: None,
             },
             workspace: workspace::WorkspaceAccess {
                 write: grants.workspace.write,
@@ -735,6 +737,7 @@ impl StageState {
                 subject,
                 connection: ctx.cluster.clone(),
                 log: log.clone(),
+                effects: None,
             },
             log,
             denials,

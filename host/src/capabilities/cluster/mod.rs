@@ -6,6 +6,7 @@
 
 pub mod kube;
 
+use super::effects::Effects;
 use super::{Subject, configure_names};
 use crate::capabilities::log::StageLog;
 use crate::manifest::{ManifestError, ManifestFile, Permissions};
@@ -62,6 +63,60 @@ pub struct ClusterState {
     pub subject: Subject,
     pub connection: Arc<kube::Connection>,
     pub log: Arc<StageLog>,
+    /// Set by `gantry plugins test`: answers allowed calls instead of the cluster.
+    pub effects: Option<Arc<dyn Effects>>,
+}
+
+/// A scripted object: written as YAML in the case, handed over as JSON text.
+fn json_text(v: serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// A scripted [`Rollout`], as a case file writes it (kebab-case keys).
+#[derive(serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+struct ScriptedRollout {
+    generation: u64,
+    observed_generation: u64,
+    replicas: u32,
+    updated_replicas: u32,
+    available_replicas: u32,
+    revision: u64,
+    complete: bool,
+    failure: Option<String>,
+}
+
+impl Default for ScriptedRollout {
+    fn default() -> Self {
+        Self {
+            generation: 1,
+            observed_generation: 1,
+            replicas: 1,
+            updated_replicas: 1,
+            available_replicas: 1,
+            revision: 1,
+            complete: true,
+            failure: None,
+        }
+    }
+}
+
+impl From<ScriptedRollout> for Rollout {
+    fn from(r: ScriptedRollout) -> Self {
+        Rollout {
+            generation: r.generation,
+            observed_generation: r.observed_generation,
+            replicas: r.replicas,
+            updated_replicas: r.updated_replicas,
+            available_replicas: r.available_replicas,
+            revision: r.revision,
+            complete: r.complete,
+            failure: r.failure,
+        }
+    }
 }
 
 impl ClusterState {
@@ -75,6 +130,11 @@ impl ClusterState {
             &format!("`{namespace}` ({what})"),
             &format!("cluster: {{ namespaces: [{namespace}] }}"),
         )))
+    }
+
+    /// The scripted answer to an allowed call, when a harness scripts them.
+    fn scripted<T: serde::de::DeserializeOwned>(&self, line: &str) -> Option<Result<T, HostError>> {
+        super::effects::scripted(self.effects.as_ref(), "cluster", line)
     }
 
     fn note(&self, text: &str) {
@@ -91,6 +151,17 @@ impl wit::Host for StageState {
         let c = &self.cluster;
         if let Err(e) = c.check(&ns, "apply") {
             return Ok(Err(e));
+        }
+        if c.effects.is_some() {
+            let v: serde_json::Value = serde_saphyr::from_str(&manifest).unwrap_or_default();
+            let line = format!(
+                "apply {ns} {}/{}",
+                v["kind"].as_str().unwrap_or("?"),
+                v["metadata"]["name"].as_str().unwrap_or("?")
+            );
+            if let Some(answer) = c.scripted(&line) {
+                return Ok(answer.map(json_text));
+            }
         }
         let applied = c.connection.apply(&ns, &manifest).await;
         if let Ok(json) = &applied {
@@ -116,6 +187,9 @@ impl wit::Host for StageState {
         if let Err(e) = c.check(&ns, "get") {
             return Ok(Err(e));
         }
+        if let Some(answer) = c.scripted(&format!("get {ns} {api_version} {kind}/{name}")) {
+            return Ok(answer.map(|v: serde_json::Value| (!v.is_null()).then(|| json_text(v))));
+        }
         Ok(c.connection.get(&ns, &api_version, &kind, &name).await)
     }
     async fn delete(
@@ -128,6 +202,9 @@ impl wit::Host for StageState {
         let c = &self.cluster;
         if let Err(e) = c.check(&ns, "delete") {
             return Ok(Err(e));
+        }
+        if let Some(answer) = c.scripted(&format!("delete {ns} {api_version} {kind}/{name}")) {
+            return Ok(answer);
         }
         let deleted = c.connection.delete(&ns, &api_version, &kind, &name).await;
         if deleted.is_ok() {
@@ -145,6 +222,11 @@ impl wit::Host for StageState {
         if let Err(e) = c.check(&ns, "rollout-status") {
             return Ok(Err(e));
         }
+        if let Some(answer) =
+            c.scripted::<ScriptedRollout>(&format!("rollout-status {ns} {deployment}"))
+        {
+            return Ok(answer.map(Rollout::from));
+        }
         let timeout = std::time::Duration::from_millis(timeout_ms);
         Ok(c.connection.rollout_status(&ns, &deployment, timeout).await)
     }
@@ -156,6 +238,9 @@ impl wit::Host for StageState {
         let c = &self.cluster;
         if let Err(e) = c.check(&ns, "rollback") {
             return Ok(Err(e));
+        }
+        if let Some(answer) = c.scripted(&format!("rollback {ns} {deployment}")) {
+            return Ok(answer);
         }
         let revision = c.connection.rollback(&ns, &deployment).await;
         if let Ok(r) = &revision {
