@@ -246,4 +246,35 @@ fn a_javascript_plugin_from_the_template_reads_the_workspace_in_a_pipeline() {
     );
     assert!(world.contains("wasi:filesystem/preopens@0.2.12"), "{world}");
     run_in_pipeline(&dir.join("plugin.wasm"));
+
+    // Why the world imports WASI explicitly: against the 0.1 world, which
+    // only promised it in a comment, the same stage does not even build.
+    let old = dir.join("wit-0.1");
+    run(
+        &dir,
+        Command::new(gantry())
+            .args(["wit", "--version", "0.1.0"])
+            .arg(&old),
+    );
+    let app = std::fs::read_to_string(dir.join("app.js")).unwrap();
+    std::fs::write(dir.join("app-0.1.js"), app.replace("@0.2.0'", "@0.1.0'")).unwrap();
+    let out = Command::new(dir.join("node_modules/.bin/componentize-js"))
+        .args([
+            "app-0.1.js",
+            "--wit",
+            "wit-0.1",
+            "--world-name",
+            "stage",
+            "--out",
+            "old.wasm",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"Error loading module "wasi:filesystem/preopens@0.2.12""#),
+        "{stderr}"
+    );
 }
