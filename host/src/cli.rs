@@ -711,9 +711,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 sdk_path: sdk_path.as_deref(),
             })?;
             out!(
-                "wrote {} ({:?} plugin `{name}`); build it with: cd {} && {}",
+                "wrote {} ({} plugin `{name}`); build it with: cd {} && {}",
                 dir.display(),
-                lang,
+                lang.name(),
                 dir.display(),
                 lang.build_command()
             );

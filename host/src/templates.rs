@@ -16,6 +16,7 @@ static JS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/templates/js");
 pub const COMPONENTIZE_PY: &str = "0.25.1";
 pub const COMPONENTIZE_JS: &str = "0.23.0";
 pub const JCO: &str = "1.25.2";
+pub const TYPESCRIPT: &str = "5.9.3";
 /// The gantry-sdk a Rust project asks for (sdk/Cargo.toml; a test compares).
 const SDK_VERSION: &str = "0.1";
 
@@ -33,6 +34,15 @@ impl Lang {
             Lang::Rust => &RUST,
             Lang::Python => &PYTHON,
             Lang::Js => &JS,
+        }
+    }
+
+    /// The name `--lang` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Rust => "rust",
+            Lang::Python => "python",
+            Lang::Js => "js",
         }
     }
 
@@ -118,7 +128,7 @@ pub fn new_project(opts: &NewOptions) -> Result<Vec<PathBuf>, NewError> {
                 .to_string(),
         ),
     };
-    let vars: [(&str, &str); 7] = [
+    let vars: [(&str, &str); 8] = [
         ("{{name}}", opts.name),
         ("{{crate}}", &opts.name.replace('-', "_")),
         ("{{sdk_dependency}}", &sdk_dependency),
@@ -126,6 +136,7 @@ pub fn new_project(opts: &NewOptions) -> Result<Vec<PathBuf>, NewError> {
         ("{{componentize_py}}", COMPONENTIZE_PY),
         ("{{componentize_js}}", COMPONENTIZE_JS),
         ("{{jco}}", JCO),
+        ("{{typescript}}", TYPESCRIPT),
     ];
     let write = |rel: &Path, bytes: &[u8]| -> Result<(), NewError> {
         let path = opts.dir.join(rel);

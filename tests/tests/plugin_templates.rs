@@ -17,20 +17,33 @@ fn toolchains() -> PathBuf {
     repo().join("target/plugin-toolchains")
 }
 
-/// Run `cmd` (in `dir`), panicking with its output when it fails.
-fn run(dir: &Path, cmd: &mut Command) -> String {
+/// Run `cmd` in `dir`: whether it succeeded, and its stdout and stderr.
+fn output(dir: &Path, cmd: &mut Command) -> (bool, String) {
     let started = std::time::Instant::now();
     let out = cmd
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    eprintln!("{cmd:?}: {:.1}s", started.elapsed().as_secs_f64());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    eprintln!("{cmd:?}: {:.1}s", started.elapsed().as_secs_f64());
+    (out.status.success(), text)
+}
+
+/// Run `cmd` in `dir`, panicking with its output when it fails.
+fn run(dir: &Path, cmd: &mut Command) -> String {
+    let (ok, text) = output(dir, cmd);
+    assert!(ok, "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Run `cmd` in `dir`, which must fail; its stdout and stderr.
+fn fails(dir: &Path, cmd: &mut Command) -> String {
+    let (ok, text) = output(dir, cmd);
+    assert!(!ok, "{cmd:?} succeeded:\n{text}");
     text
 }
 
@@ -196,18 +209,13 @@ fn the_python_build_refuses_a_lazy_import() {
         ),
     )
     .unwrap();
-    let out = Command::new("./build.sh")
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("move these imports to the top"), "{stderr}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("import warnings"));
+    let text = fails(&dir, &mut Command::new("./build.sh"));
+    assert!(text.contains("move these imports to the top"), "{text}");
+    assert!(text.contains("import warnings"), "{text}");
     assert!(!dir.join("plugin.wasm").exists(), "nothing built");
 }
 
-/// node_modules with the componentize-js and jco the template pins, installed
+/// node_modules with the componentize-js, jco and typescript the template pins, installed
 /// from its package.json's devDependencies.
 fn js_toolchain(project: &Path) -> PathBuf {
     let package: serde_json::Value =
@@ -238,6 +246,19 @@ fn a_javascript_plugin_from_the_template_reads_the_workspace_in_a_pipeline() {
     std::os::unix::fs::symlink(js_toolchain(&dir), dir.join("node_modules")).unwrap();
     run(&dir, Command::new("npm").args(["test"]));
     run(&dir, Command::new("npm").args(["run", "build"]));
+    // The build type-checks the stage against the world's declaration.
+    let app = std::fs::read_to_string(dir.join("app.js")).unwrap();
+    std::fs::write(
+        dir.join("app.js"),
+        app.replace("configSchema:", "configSchemata:"),
+    )
+    .unwrap();
+    let text = fails(&dir, Command::new("npm").args(["run", "check"]));
+    assert!(
+        text.contains("Property 'configSchema' is missing"),
+        "{text}"
+    );
+    std::fs::write(dir.join("app.js"), app).unwrap();
     // The TypeScript declaration of the world, from the project's WIT.
     let world = std::fs::read_to_string(dir.join("types/stage.d.ts")).unwrap();
     assert!(
@@ -258,8 +279,9 @@ fn a_javascript_plugin_from_the_template_reads_the_workspace_in_a_pipeline() {
     );
     let app = std::fs::read_to_string(dir.join("app.js")).unwrap();
     std::fs::write(dir.join("app-0.1.js"), app.replace("@0.2.0'", "@0.1.0'")).unwrap();
-    let out = Command::new(dir.join("node_modules/.bin/componentize-js"))
-        .args([
+    let text = fails(
+        &dir,
+        Command::new(dir.join("node_modules/.bin/componentize-js")).args([
             "app-0.1.js",
             "--wit",
             "wit-0.1",
@@ -267,14 +289,10 @@ fn a_javascript_plugin_from_the_template_reads_the_workspace_in_a_pipeline() {
             "stage",
             "--out",
             "old.wasm",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+        ]),
+    );
     assert!(
-        stderr.contains(r#"Error loading module "wasi:filesystem/preopens@0.2.12""#),
-        "{stderr}"
+        text.contains(r#"Error loading module "wasi:filesystem/preopens@0.2.12""#),
+        "{text}"
     );
 }
