@@ -13,6 +13,12 @@ fn main() {
     for dir in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    // include_dir! tracks the template files it embeds, but not a file added
+    // to a template: a change anywhere below rebuilds the crate.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("templates").display()
+    );
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))

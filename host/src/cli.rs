@@ -406,6 +406,27 @@ enum PluginsCommand {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Write a small working plugin project (config schema, a host call, a
+    /// workspace file read, outputs, an artifact, a test) with the WIT of
+    /// this gantry, buildable with one command.
+    #[command(
+        after_help = "Examples:\n  gantry plugins new word-count --lang rust --sdk-path ../gantry/sdk\n  \
+        gantry plugins new word-count --lang python   # ./build.sh\n  \
+        gantry plugins new word-count --lang js --dir plugins/wc   # npm install && npm run build"
+    )]
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`).
+        name: String,
+        #[arg(long, value_enum)]
+        lang: crate::templates::Lang,
+        /// Where to write the project (made if missing; must be empty); default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rust: depend on the gantry-sdk in this directory (gantry's `sdk/`) by path;
+        /// without it, Cargo.toml names the crates.io version and a `[patch]` to fill in.
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+    },
     /// Pull a plugin, check its digests and that it is a component, keep it in
     /// the plugin cache, and print its digests.
     #[command(
@@ -783,24 +804,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             registry,
         }) => verify(&reference, &key, &registry, console.as_ref()).await,
         Command::Wit { dir, version } => {
-            let files = crate::wit_files(&version);
             match dir {
                 None => {
-                    for (name, text) in files {
+                    for (name, text) in crate::wit_files(&version) {
                         out!("// file: {name}\n{text}");
                     }
                 }
                 Some(dir) => {
-                    std::fs::create_dir_all(&dir)
-                        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-                    for (name, text) in files {
-                        let path = dir.join(name);
-                        std::fs::write(&path, text)
-                            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    for path in crate::write_wit(&dir, &version)? {
                         out!("wrote {}", path.display());
                     }
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::New {
+            name,
+            lang,
+            dir,
+            sdk_path,
+        }) => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            crate::templates::new_project(&crate::templates::NewOptions {
+                name: &name,
+                lang,
+                dir: &dir,
+                sdk_path: sdk_path.as_deref(),
+            })?;
+            out!(
+                "wrote {} ({} plugin `{name}`); build it with: cd {} && {}",
+                dir.display(),
+                lang.name(),
+                dir.display(),
+                lang.build_command()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

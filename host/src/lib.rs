@@ -17,6 +17,7 @@
 //! - [`oci`]: plugins pulled from OCI registries, `gantry.lock`, their cache.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
+//! - [`templates`]: `gantry plugins new`, a plugin project per language.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -39,6 +40,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod show;
 pub mod state_dir;
+pub mod templates;
 pub mod units;
 pub mod vso;
 pub mod yaml_path;
@@ -53,19 +55,52 @@ pub const WIT_VERSION: &str = "0.2.0";
 pub const WIT_OLDER: &[&str] = &["0.1.0"];
 
 /// The WIT files of `gantry:pipeline` at `version` (the current one or a
-/// frozen older one the host still loads), as compiled into this binary.
-pub fn wit_files(version: &str) -> [(&'static str, &'static str); 3] {
+/// frozen older one the host still loads), as compiled into this binary, by
+/// path relative to the WIT directory. The current one comes with the WASI
+/// packages its worlds import (`deps/`), so that a directory holding them is
+/// a complete WIT package for any bindings generator.
+pub fn wit_files(version: &str) -> Vec<(&'static str, &'static str)> {
     if version == "0.1.0" {
-        [
+        vec![
             ("host.wit", include_str!("../../wit/v0.1/host.wit")),
             ("types.wit", include_str!("../../wit/v0.1/types.wit")),
             ("worlds.wit", include_str!("../../wit/v0.1/worlds.wit")),
         ]
     } else {
-        [
+        vec![
             ("host.wit", include_str!("../../wit/host.wit")),
             ("types.wit", include_str!("../../wit/types.wit")),
             ("worlds.wit", include_str!("../../wit/worlds.wit")),
+            ("deps/cli.wit", include_str!("../../wit/deps/cli.wit")),
+            ("deps/clocks.wit", include_str!("../../wit/deps/clocks.wit")),
+            (
+                "deps/filesystem.wit",
+                include_str!("../../wit/deps/filesystem.wit"),
+            ),
+            ("deps/http.wit", include_str!("../../wit/deps/http.wit")),
+            ("deps/io.wit", include_str!("../../wit/deps/io.wit")),
+            ("deps/random.wit", include_str!("../../wit/deps/random.wit")),
+            (
+                "deps/sockets.wit",
+                include_str!("../../wit/deps/sockets.wit"),
+            ),
         ]
     }
+}
+
+/// Write [`wit_files`] of `version` into `dir` (made if missing); returns the
+/// paths written.
+pub fn write_wit(dir: &std::path::Path, version: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    let mut written = vec![];
+    for (name, text) in wit_files(version) {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }

@@ -15,31 +15,71 @@
 //! Build it with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component gantry loads.
 
+/// `wit_bindgen::generate!` for one of the worlds, with its WASI imports
+/// mapped to the `wasip2` crate: the WASI bindings are not generated twice,
+/// and a plugin can pass WASI resources between this SDK and `wasip2`/`wstd`.
+macro_rules! gantry_bindings {
+    ({ $($option:tt)* } { $($with:tt)* }) => {
+        wit_bindgen::generate!({
+            path: "wit",
+            pub_export_macro: true,
+            $($option)*
+            with: {
+                "wasi:io/error@0.2.12": wasip2::io::error,
+                "wasi:io/poll@0.2.12": wasip2::io::poll,
+                "wasi:io/streams@0.2.12": wasip2::io::streams,
+                "wasi:cli/environment@0.2.12": wasip2::cli::environment,
+                "wasi:cli/exit@0.2.12": wasip2::cli::exit,
+                "wasi:cli/stdin@0.2.12": wasip2::cli::stdin,
+                "wasi:cli/stdout@0.2.12": wasip2::cli::stdout,
+                "wasi:cli/stderr@0.2.12": wasip2::cli::stderr,
+                "wasi:cli/terminal-input@0.2.12": wasip2::cli::terminal_input,
+                "wasi:cli/terminal-output@0.2.12": wasip2::cli::terminal_output,
+                "wasi:cli/terminal-stdin@0.2.12": wasip2::cli::terminal_stdin,
+                "wasi:cli/terminal-stdout@0.2.12": wasip2::cli::terminal_stdout,
+                "wasi:cli/terminal-stderr@0.2.12": wasip2::cli::terminal_stderr,
+                "wasi:clocks/monotonic-clock@0.2.12": wasip2::clocks::monotonic_clock,
+                "wasi:clocks/wall-clock@0.2.12": wasip2::clocks::wall_clock,
+                "wasi:filesystem/types@0.2.12": wasip2::filesystem::types,
+                "wasi:filesystem/preopens@0.2.12": wasip2::filesystem::preopens,
+                "wasi:sockets/network@0.2.12": wasip2::sockets::network,
+                "wasi:sockets/instance-network@0.2.12": wasip2::sockets::instance_network,
+                "wasi:sockets/udp@0.2.12": wasip2::sockets::udp,
+                "wasi:sockets/udp-create-socket@0.2.12": wasip2::sockets::udp_create_socket,
+                "wasi:sockets/tcp@0.2.12": wasip2::sockets::tcp,
+                "wasi:sockets/tcp-create-socket@0.2.12": wasip2::sockets::tcp_create_socket,
+                "wasi:sockets/ip-name-lookup@0.2.12": wasip2::sockets::ip_name_lookup,
+                "wasi:random/random@0.2.12": wasip2::random::random,
+                "wasi:random/insecure@0.2.12": wasip2::random::insecure,
+                "wasi:random/insecure-seed@0.2.12": wasip2::random::insecure_seed,
+                "wasi:http/types@0.2.12": wasip2::http::types,
+                "wasi:http/outgoing-handler@0.2.12": wasip2::http::outgoing_handler,
+                $($with)*
+            },
+        });
+    };
+}
+
 /// Bindings of the `stage` world.
 pub mod stage {
-    wit_bindgen::generate!({
+    gantry_bindings!({
         world: "stage",
-        path: "wit",
-        pub_export_macro: true,
         export_macro_name: "export_stage",
         default_bindings_module: "gantry_sdk::stage",
         generate_all,
-    });
+    } {});
 }
 
 /// Bindings of the `telemetry-sink` world, sharing the types of [`stage`].
 pub mod sink {
-    wit_bindgen::generate!({
+    gantry_bindings!({
         world: "telemetry-sink",
-        path: "wit",
-        pub_export_macro: true,
         export_macro_name: "export_sink",
         default_bindings_module: "gantry_sdk::sink",
-        with: {
-            "gantry:pipeline/types@0.2.0": crate::stage::gantry::pipeline::types,
-            "gantry:pipeline/log@0.2.0": crate::stage::gantry::pipeline::log,
-            "gantry:pipeline/secrets@0.2.0": crate::stage::gantry::pipeline::secrets,
-        },
+    } {
+        "gantry:pipeline/types@0.2.0": crate::stage::gantry::pipeline::types,
+        "gantry:pipeline/log@0.2.0": crate::stage::gantry::pipeline::log,
+        "gantry:pipeline/secrets@0.2.0": crate::stage::gantry::pipeline::secrets,
     });
 }
 

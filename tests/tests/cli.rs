@@ -242,17 +242,39 @@ fn a_closed_stdout_is_no_panic() {
 fn gantry_wit_writes_the_contract_it_speaks() {
     let ws = Workspace::new();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (version, dir) in [(None, "wit"), (Some("0.1.0"), "wit/v0.1")] {
-        let mut args = vec!["wit", "out"];
+    for (version, dir, out_dir) in [(None, "wit", "out"), (Some("0.1.0"), "wit/v0.1", "out01")] {
+        let mut args = vec!["wit", out_dir];
         if let Some(v) = version {
             args.extend(["--version", v]);
         }
         let out = ws.gantry(&args);
         assert_eq!(out.code, Some(0), "{}", out.all());
-        for file in ["host.wit", "types.wit", "worlds.wit"] {
+        let mut files: Vec<String> = ["host.wit", "types.wit", "worlds.wit"]
+            .map(String::from)
+            .into();
+        if version.is_none() {
+            // The WASI packages the worlds import come along: the directory is
+            // a complete WIT package for componentize-py, jco, wit-bindgen.
+            for dep in std::fs::read_dir(repo.join("wit/deps")).unwrap() {
+                let name = dep.unwrap().file_name().into_string().unwrap();
+                if name.ends_with(".wit") {
+                    files.push(format!("deps/{name}"));
+                }
+            }
+            assert!(
+                files.contains(&"deps/filesystem.wit".to_string()),
+                "{files:?}"
+            );
+        } else {
+            assert!(
+                !ws.path().join(out_dir).join("deps").exists(),
+                "0.1 imports no WASI"
+            );
+        }
+        for file in files {
             assert_eq!(
-                std::fs::read_to_string(ws.path().join("out").join(file)).unwrap(),
-                std::fs::read_to_string(repo.join(dir).join(file)).unwrap(),
+                std::fs::read_to_string(ws.path().join(out_dir).join(&file)).unwrap(),
+                std::fs::read_to_string(repo.join(dir).join(&file)).unwrap(),
                 "{dir}/{file}"
             );
         }
@@ -309,4 +331,48 @@ fn declared_capabilities_are_compared_with_grants_before_the_run() {
     let run = ws.run();
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert!(!run.all().contains("may also ask"), "{}", run.all());
+}
+
+#[test]
+fn plugins_new_refuses_bad_names_and_non_empty_directories_and_writes_nothing() {
+    let ws = Workspace::new();
+    let out = ws.gantry(&["plugins", "new", "My_Stage", "--lang", "js"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("plugin name `My_Stage` must be lower-case"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.path().join("My_Stage").exists());
+
+    ws.write("taken/mine.txt", "keep");
+    let out = ws.gantry(&["plugins", "new", "wc", "--lang", "python", "--dir", "taken"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("taken already exists and is not empty"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(ws.path().join("taken")).unwrap().count(),
+        1
+    );
+
+    let out = ws.gantry(&["plugins", "new", "wc", "--lang", "rust", "--sdk-path", "."]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("no Cargo.toml of gantry-sdk there"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.path().join("wc").exists());
+
+    let out = ws.gantry(&["plugins", "new", "wc", "--lang", "cobol"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains("possible values: rust, python, js"),
+        "{}",
+        out.stderr
+    );
 }

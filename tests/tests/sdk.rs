@@ -35,6 +35,9 @@ fn the_sdk_packages_with_its_wit_and_builds_outside_the_repository() {
         "wit/host.wit",
         "wit/types.wit",
         "wit/worlds.wit",
+        "wit/deps/cli.wit",
+        "wit/deps/filesystem.wit",
+        "wit/deps/http.wit",
         "README.md",
         "src/lib.rs",
     ] {

@@ -161,7 +161,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::capabilities::workspace::link_write_denials(&mut linker)?;
-        bindings::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        bindings::add_to_linker(&mut linker, |s| s)?;
         // The 0.1 interfaces under their own names, beside the 0.2 ones; the
         // sink worlds import a subset of the stage worlds.
         bindings::v0_1::stage::Stage::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
