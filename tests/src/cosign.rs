@@ -180,7 +180,7 @@ pub fn push_referrer_with_tag(addr: &str, repo: &str, subject: &str, layers: &[L
         addr,
         repo,
         &tag_of(subject),
-        &referrers_index(&[referrer.clone()]),
+        &referrers_index(std::slice::from_ref(&referrer)),
     );
     referrer.0
 }

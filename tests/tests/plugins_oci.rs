@@ -6,7 +6,6 @@ use gantry_e2e::oci::{cached_plugins, http, push, put_blob, put_manifest, sha256
 use gantry_e2e::registry_auth::{ACCEPTS, TokenServer, htpasswd};
 use gantry_e2e::{Proxy, Registry, Workspace, plugin};
 use serde_json::{Value, json};
-use std::path::Path;
 
 /// A registry with the echo plugin pushed as `plugins/echo:1`, a workspace
 /// with a cache of its own, the reference and the manifest digest.

@@ -406,7 +406,10 @@ fn a_signature_is_found_through_the_referrers_api_where_the_registry_has_one() {
     let addr = s.registry.addr.clone();
     // Only the referrers API lists the signature: no legacy tag, no referrers tag.
     let referrer = cosign::push_referrer(&addr, REPO, &s.digest, &[s.layer(&s.key, &s.digest)]);
-    let api = cosign::ReferrersApi::start(&addr, cosign::referrers_index(&[referrer.clone()]));
+    let api = cosign::ReferrersApi::start(
+        &addr,
+        cosign::referrers_index(std::slice::from_ref(&referrer)),
+    );
     let manifest = std::fs::read_to_string(s.ws.path().join("pipeline.yaml")).unwrap();
     s.ws.write("pipeline.yaml", manifest.replace(&addr, &api.addr));
     s.runs(&format!(
