@@ -161,6 +161,8 @@ enum Command {
     Runs {
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Show the logs of a run, or of one of its stages.
     #[command(
@@ -171,7 +173,27 @@ enum Command {
         stage: Option<String>,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        server: ServerArg,
     },
+    /// Run the continuous-delivery service: watch repositories (webhooks,
+    /// polling), run each push, promote runs environment by environment, and
+    /// answer an HTTP API.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Approve a promotion waiting for an approval (on a `gantry serve`).
+    #[command(
+        after_help = "Example:\n  GANTRY_TOKEN=... gantry approve 42 production --server http://127.0.0.1:8700 --comment \"checked the canary\"\n\n\
+        RUN is the service's run number (`gantry runs --server URL` lists them): the promotion run \
+        that waits. The approval is recorded with the name of the token's holder and the time, \
+        once: a decided approval cannot be changed."
+    )]
+    Approve(DecisionArgs),
+    /// Reject a promotion waiting for an approval (on a `gantry serve`): it never runs.
+    #[command(
+        after_help = "Example:\n  GANTRY_TOKEN=... gantry reject 42 production --server http://127.0.0.1:8700 --comment \"error rate\""
+    )]
+    Reject(DecisionArgs),
     /// List or inspect plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -286,6 +308,126 @@ struct OutputArg {
     /// `text` for people, `json` for programs (progress then goes to stderr).
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+#[derive(Args)]
+struct ServerArg {
+    /// Ask this `gantry serve` (its URL, e.g. http://127.0.0.1:8700) instead of
+    /// the local state directory; the API token is read from $GANTRY_TOKEN.
+    #[arg(long, value_name = "URL", env = "GANTRY_SERVER")]
+    server: Option<String>,
+}
+
+#[derive(Args)]
+struct DecisionArgs {
+    /// The service's run number of the waiting promotion.
+    run: i64,
+    /// The environment (default: the run's).
+    environment: Option<String>,
+    /// Why, recorded with the decision.
+    #[arg(long)]
+    comment: Option<String>,
+    /// The service (e.g. http://127.0.0.1:8700); the token is read from $GANTRY_TOKEN.
+    #[arg(long, value_name = "URL", env = "GANTRY_SERVER", required = true)]
+    server: String,
+}
+
+const SERVE_HELP: &str = "Examples:\n  gantry serve --config gantry-serve.yaml\n  \
+    gantry serve --repo https://github.com/org/app.git --manifest ci/pipeline.yaml --poll 30s\n\n\
+    A push (a GitHub webhook to /hooks/github/<name>, an Azure DevOps service hook to \
+    /hooks/azure-devops/<name>, or one found by polling `git ls-remote`) queues a run; the run \
+    gets a fresh checkout of that exact commit, and runs if the manifest's `on:` at that commit \
+    wants it. A run that succeeds is promoted into the next environment of the manifest's \
+    `promotion:` chain, reusing the stages it names (the same artifacts are deployed); an \
+    environment with `approval: required` waits for `gantry approve`.\n\n\
+    One run at a time per (repository, branch); a newer push supersedes a queued older one. \
+    Everything is kept in an SQLite database in the data directory: kill the service at any \
+    moment and start it again, and queued runs still run and running ones resume from their \
+    journals.\n\n\
+    The configuration file (YAML):\n  \
+    listen: 127.0.0.1:8700\n  data: .gantry-serve            # database and workspaces, relative to the file\n  \
+    max-runs: 4\n  keep-workspaces: 20\n  \
+    api-tokens:\n    - { name: alice, token: { env: GANTRY_TOKEN_ALICE } }\n  \
+    repositories:\n    - name: hello\n      url: https://github.com/org/hello.git\n      \
+    manifest: examples/hello/pipeline.yaml\n      environment: default   # where a push runs first\n      \
+    poll: 60s                # or off\n      github: { secret: { env: GITHUB_WEBHOOK_SECRET } }\n      \
+    azure-devops: { username: gantry, password: { env: ADO_HOOK_PASSWORD } }\n\n\
+    The HTTP API is described in schema/gantry-serve.openapi.yaml.";
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The configuration file (YAML; see below).
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "repo")]
+    config: Option<PathBuf>,
+    /// Without a file: watch this one repository (its clone URL).
+    #[arg(long, value_name = "URL", required_unless_present = "config")]
+    repo: Option<String>,
+    /// With --repo: the manifest's path inside the repository.
+    #[arg(long, value_name = "PATH", default_value = "pipeline.yaml", requires = "repo")]
+    manifest: String,
+    /// With --repo: the name in webhook URLs.
+    #[arg(long, value_name = "NAME", requires = "repo")]
+    name: Option<String>,
+    /// With --repo: the environment a push runs in first.
+    #[arg(long, value_name = "ENV", default_value = "default", requires = "repo")]
+    environment: String,
+    /// With --repo: how often to poll (`30s`, `5m`, `off`).
+    #[arg(long, value_name = "INTERVAL", default_value = "60s", requires = "repo")]
+    poll: String,
+    /// With --repo: accept GitHub webhooks signed with the secret in this
+    /// environment variable.
+    #[arg(long, value_name = "VAR", requires = "repo")]
+    github_secret_env: Option<String>,
+    /// With --repo: accept API calls with the token in this environment variable.
+    #[arg(long, value_name = "VAR", requires = "repo")]
+    token_env: Option<String>,
+    /// With --repo: the address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8700", requires = "repo")]
+    listen: String,
+    /// With --repo: the data directory (database, workspaces).
+    #[arg(long, value_name = "DIR", default_value = ".gantry-serve", requires = "repo")]
+    data: PathBuf,
+}
+
+impl ServeArgs {
+    fn load(self) -> Result<crate::serve::config::Loaded, crate::manifest::ManifestErrors> {
+        use crate::serve::config::*;
+        if let Some(path) = &self.config {
+            return Loaded::load(path);
+        }
+        let url = self.repo.expect("clap requires --repo without --config");
+        let name = self.name.unwrap_or_else(|| {
+            let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("repo");
+            last.strip_suffix(".git").unwrap_or(last).to_string()
+        });
+        let config = ServeConfig {
+            listen: self.listen,
+            data: Some(self.data),
+            max_runs: 4,
+            keep_workspaces: 20,
+            api_tokens: self
+                .token_env
+                .map(|v| ApiToken {
+                    name: v.clone(),
+                    token: crate::manifest::SecretSource::Env(v),
+                })
+                .into_iter()
+                .collect(),
+            repositories: vec![Repository {
+                name,
+                url,
+                manifest: self.manifest,
+                environment: self.environment,
+                poll: self.poll,
+                cancel_in_progress: false,
+                github: self.github_secret_env.map(|v| GithubHook {
+                    secret: crate::manifest::SecretSource::Env(v),
+                }),
+                azure_devops: None,
+            }],
+        };
+        Loaded::check(config, PathBuf::from("."), "the command line")
+    }
 }
 
 #[derive(Args)]
@@ -559,6 +701,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_id,
                 commit,
                 state: Some(state_store(&ws_state)?),
+                cancel: None,
             };
             finish_run(
                 pipeline.run(&plugins, journal, Resume::default()).await,
@@ -637,6 +780,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_id,
                 commit: commit.clone(),
                 state: Some(state_store(&ws_state)?),
+                cancel: None,
             };
             finish_run(
                 pipeline.run(&plugins, journal, resume).await,
@@ -713,7 +857,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs { workspace } => {
+        Command::Runs {
+            server: ServerArg {
+                server: Some(server),
+            },
+            ..
+        } => server_runs(&server).await,
+        Command::Logs {
+            run_id,
+            stage,
+            server: ServerArg {
+                server: Some(server),
+            },
+            ..
+        } => server_logs(&server, &run_id, stage.as_deref()).await,
+        Command::Serve(args) => {
+            let loaded = match args.load() {
+                Ok(l) => l,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            crate::serve::serve(loaded, options, cli.global.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve(args) => decide(args, "approve").await,
+        Command::Reject(args) => decide(args, "reject").await,
+        Command::Runs { workspace, .. } => {
             let runs = match runs_dir(&workspace.dir)? {
                 Some((_, runs)) => crate::journal::list_runs(&runs)?,
                 None => vec![],
@@ -731,6 +902,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run_id,
             stage,
             workspace,
+            ..
         } => {
             let (_, dir) = find_run(&workspace.dir, &run_id)?;
             out!(@raw "{}", crate::show::logs(&dir, stage.as_deref())?);
@@ -1660,4 +1832,84 @@ fn bare_context() -> InstanceContext {
             environment: String::new(),
         },
     }
+}
+
+/// `gantry runs --server URL`: the service's runs, newest first.
+async fn server_runs(server: &str) -> anyhow::Result<ExitCode> {
+    let client = crate::serve::client::ApiClient::new(server)?;
+    let v = client.get("/api/v1/runs?limit=50").await?;
+    let runs = v["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        out!("no runs on {server}");
+    }
+    for r in runs {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let commit = s("commit");
+        out!(
+            "{:>5}  {:<10} {:<12} {:<24} {:<10} {:<10} {}",
+            r["id"],
+            s("status"),
+            s("pipeline"),
+            s("branch").trim_start_matches("refs/heads/"),
+            &commit[..commit.len().min(10)],
+            s("environment"),
+            s("trigger")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry logs RUN [STAGE] --server URL`: a stage's log, followed live
+/// until the run ends; without a stage, the run's stages.
+async fn server_logs(server: &str, run: &str, stage: Option<&str>) -> anyhow::Result<ExitCode> {
+    let client = crate::serve::client::ApiClient::new(server)?;
+    let id: i64 = run
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{run}`: with --server, a run is the service's run number"))?;
+    let Some(stage) = stage else {
+        let v = client.get(&format!("/api/v1/runs/{id}")).await?;
+        for s in v["stages"].as_array().cloned().unwrap_or_default() {
+            out!(
+                "{:<20} {:<10} {}",
+                s["name"].as_str().unwrap_or(""),
+                s["status"].as_str().unwrap_or(""),
+                s["detail"].as_str().unwrap_or("")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut end = None;
+    client
+        .events(&format!("/api/v1/runs/{id}/logs/{stage}"), |event, data| {
+            if event == "end" {
+                end = Some(data.to_string());
+            } else {
+                out!("{data}");
+            }
+        })
+        .await?;
+    if let Some(status) = end {
+        eprintln!("run {id}: {status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gantry approve|reject RUN [ENV] --server URL`.
+async fn decide(args: DecisionArgs, verb: &str) -> anyhow::Result<ExitCode> {
+    let client = crate::serve::client::ApiClient::new(&args.server)?;
+    let v = client
+        .post(
+            &format!("/api/v1/runs/{}/{verb}", args.run),
+            serde_json::json!({ "environment": args.environment, "comment": args.comment }),
+        )
+        .await?;
+    let a = &v["approval"];
+    out!(
+        "run {}: `{}` {} by {}",
+        args.run,
+        a["environment"].as_str().unwrap_or("?"),
+        a["state"].as_str().unwrap_or("?"),
+        a["decided_by"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,7 @@ pub mod report;
 pub mod runtime;
 pub mod sandbox;
 pub mod schema;
+pub mod serve;
 pub mod show;
 pub mod state_dir;
 pub mod templates;

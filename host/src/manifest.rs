@@ -181,6 +181,20 @@ pub enum SecretSource {
     File(String),
 }
 
+impl SecretSource {
+    /// The value, read now; a file path is relative to `base`.
+    pub fn read(&self, base: &Path) -> Result<String, String> {
+        match self {
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable `{var}` is not set"))
+            }
+            SecretSource::File(path) => std::fs::read_to_string(base.join(path))
+                .map(|v| v.strip_suffix('\n').unwrap_or(&v).to_string())
+                .map_err(|e| format!("cannot read `{path}`: {e}")),
+        }
+    }
+}
+
 /// One stage as written.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -310,12 +310,16 @@ pub struct Pipeline<'a> {
     pub commit: Option<String>,
     /// The workspace's host-kept state (the `state` capability).
     pub state: Option<Arc<crate::capabilities::state::StateStore>>,
+    /// What stops the run: `None` is the process's signals (Ctrl-C, SIGTERM,
+    /// SIGHUP), as for `gantry run`; a token is how `gantry serve` stops one
+    /// run of many (the service handles its own signals).
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Why the executor stopped early.
 enum Stop {
-    /// By this signal.
-    Cancelled(i32),
+    /// By this signal, or by the cancel token (`None`).
+    Cancelled(Option<i32>),
 }
 
 /// The signals that cancel a run: Ctrl-C (SIGINT), SIGTERM (what service
@@ -337,7 +341,7 @@ fn exit_on_next_signal() {
 }
 
 /// The next cancelling signal's number.
-async fn cancel_signal() -> std::io::Result<i32> {
+pub(crate) async fn cancel_signal() -> std::io::Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut streams = vec![];
     for (n, _) in CANCEL_SIGNALS {
@@ -443,13 +447,13 @@ impl Pipeline<'_> {
         let started = Instant::now();
 
         let (done, stop) = self.execute(plugins, &ctx, &journal, resume).await?;
-        let signal = stop.map(|Stop::Cancelled(n)| n);
-        if signal.is_none() {
+        let cancelled = stop.is_some();
+        let signal = stop.and_then(|Stop::Cancelled(n)| n);
+        if !cancelled && self.cancel.is_none() {
             // The handlers stay installed; while the sinks publish and the
             // summary is written, a signal ends gantry as it would by default.
             exit_on_next_signal();
         }
-        let cancelled = signal.is_some();
         let stages = self
             .plan
             .stages
@@ -529,7 +533,15 @@ impl Pipeline<'_> {
         }
         let mut started: Vec<String> = done.keys().cloned().collect();
         let mut running = FuturesUnordered::new();
-        let ctrl_c = cancel_signal();
+        let ctrl_c = async {
+            match &self.cancel {
+                Some(token) => {
+                    token.cancelled().await;
+                    Ok(None)
+                }
+                None => cancel_signal().await.map(Some),
+            }
+        };
         tokio::pin!(ctrl_c);
         loop {
             let mut progressed = true;
@@ -589,14 +601,19 @@ impl Pipeline<'_> {
                 }
                 signo = &mut ctrl_c => {
                     let signo = signo?;
-                    // A second signal does not wait for the journal.
-                    exit_on_next_signal();
+                    if signo.is_some() {
+                        // A second signal does not wait for the journal.
+                        exit_on_next_signal();
+                    }
                     // Dropping the futures drops their Stores and kills the
                     // programs they started; the stages run again on resume.
                     drop(running);
                     let stopped: Vec<String> = started.iter().filter(|s| !done.contains_key(*s)).cloned().collect();
                     journal.lock().unwrap().append(&Record::RunCancelled { stages: stopped.clone(), ts_ms: now_ms() })?;
-                    let by = CANCEL_SIGNALS.iter().find(|(n, _)| *n == signo).map_or("a signal", |(_, w)| w);
+                    let by = match signo {
+                        Some(signo) => CANCEL_SIGNALS.iter().find(|(n, _)| *n == signo).map_or("a signal", |(_, w)| w),
+                        None => "request",
+                    };
                     self.reporter.note(&format!(
                         "cancelled by {by}: stopped {}; `gantry resume {}` continues the run",
                         if stopped.is_empty() { "nothing".to_string() } else { stopped.join(", ") },

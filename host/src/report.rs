@@ -45,6 +45,14 @@ impl Mark {
             Mark::Skipped => "⊘",
         }
     }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Mark::Succeeded => "succeeded",
+            Mark::Failed => "failed",
+            Mark::Skipped => "skipped",
+        }
+    }
 }
 
 /// Receives run progress. Implementations must be cheap: they are called from

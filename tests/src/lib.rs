@@ -7,6 +7,7 @@ pub mod cosign;
 pub mod kube;
 pub mod oci;
 pub mod registry_auth;
+pub mod serve;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -65,7 +66,7 @@ pub fn plugin(name: &str) -> PathBuf {
 
 /// A compile cache shared by the tests of one process, so that each test plugin
 /// is compiled once, not once per test.
-fn shared_cache() -> &'static Path {
+pub fn shared_cache() -> &'static Path {
     static CACHE: OnceLock<tempfile::TempDir> = OnceLock::new();
     CACHE.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }

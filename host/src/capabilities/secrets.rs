@@ -67,16 +67,7 @@ impl SecretStore {
     pub fn resolve(sources: &BTreeMap<String, SecretSource>, base: &Path) -> Self {
         let values = sources
             .iter()
-            .map(|(name, source)| {
-                let value = match source {
-                    SecretSource::Env(var) => std::env::var(var)
-                        .map_err(|_| format!("environment variable `{var}` is not set")),
-                    SecretSource::File(path) => std::fs::read_to_string(base.join(path))
-                        .map(|v| v.strip_suffix('\n').unwrap_or(&v).to_string())
-                        .map_err(|e| format!("cannot read `{path}`: {e}")),
-                };
-                (name.clone(), value)
-            })
+            .map(|(name, source)| (name.clone(), source.read(base)))
             .collect();
         Self { values }
     }
