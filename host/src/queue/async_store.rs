@@ -85,6 +85,8 @@ impl AsyncStore {
     /// in one closure run back to back on this connection, but each is still
     /// its own transaction. A panic in `f` is resumed in the caller, as if
     /// `f` had been called there; the store goes on serving other calls.
+    /// `f` holds up every other call of this handle while it runs: it does
+    /// store work only, never network or a run's stages.
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut Store) -> Result<T> + Send + 'static,

@@ -188,6 +188,8 @@ impl Store {
         Self::open_with(path, DEFAULT_BUSY_TIMEOUT)
     }
 
+    /// [`Store::open`], with how long an operation waits for another
+    /// connection's write lock before failing with [`Error::Busy`].
     pub fn open_with(path: &Path, busy_timeout: Duration) -> Result<Store> {
         let open_err = |source| Error::Open {
             path: path.to_owned(),
