@@ -16,6 +16,7 @@
 //!   links.
 //! - [`oci`]: plugins pulled from OCI registries, `gantry.lock`, their cache.
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
+//! - [`queue`]: the durable queue and history of continuous delivery (SQLite).
 //! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
 //! - [`cli`]: the `gantry` command line.
@@ -33,6 +34,7 @@ pub mod oci;
 pub mod pipeline;
 pub mod plan;
 pub mod plugins;
+pub mod queue;
 pub mod redact;
 pub mod report;
 pub mod runtime;
