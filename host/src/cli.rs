@@ -14,15 +14,15 @@ macro_rules! out {
 }
 
 use crate::capabilities::state::StateStore;
-use crate::journal::{Journal, PluginRecord, Record};
+use crate::executor::{self, bare_context, describe, find_run, plan_manifest, runs_dir};
 use crate::manifest::ManifestFile;
 use crate::oci::fetch::LockMode;
-use crate::pipeline::{Pipeline, Plugins, Resume, RunResult, load_plugins};
+use crate::pipeline::{RunResult, load_plugins};
 use crate::plan::Plan;
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::report::{Console, Reporter, Silent};
-use crate::runtime::{InstanceContext, Runtime, RuntimeOptions};
-use crate::state_dir::{PrivateDir, WorkspaceState};
+use crate::runtime::{Runtime, RuntimeOptions};
+use crate::state_dir::WorkspaceState;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -153,6 +153,32 @@ enum Command {
         run_id: String,
         #[command(flatten)]
         workspace: WorkspaceArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Promote a run that succeeded into the next environment of the
+    /// manifest's `promotion:` chain, reusing its built stages' results.
+    #[command(
+        after_help = "Example:\n  gantry promote 1a2b3c4d5e6-0f1e docker -C examples/hello\n\n\
+        Starts a new run of the same pipeline in ENV, the environment after the run's in the \
+        chain. Its journal first records the stages under `promotion.reuse` as finished with \
+        the run's outputs and artifacts (nothing is rebuilt: the same image digest is deployed); \
+        the other stages then run with ENV's parameters. The run must have succeeded, and the \
+        manifest and the reused stages' plugins must be unchanged since. Promoting by hand into \
+        an environment with `approval: required` is the approval: who (--by, else $USER) and \
+        when go in the journal. A promotion that fails can be resumed like any run."
+    )]
+    Promote {
+        /// The run to promote (it ran in the environment before ENV).
+        run_id: String,
+        /// The environment to promote into.
+        #[arg(value_name = "ENV")]
+        environment: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Who approves, for an environment that requires approval [default: $USER].
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
         #[command(flatten)]
         output: OutputArg,
     },
@@ -649,7 +675,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = match &cli.command {
         Command::Run { output, .. }
         | Command::Plan { output, .. }
-        | Command::Resume { output, .. } => output.output == Output::Json,
+        | Command::Resume { output, .. }
+        | Command::Promote { output, .. } => output.output == Output::Json,
         Command::Plugins(PluginsCommand::Inspect { json, .. }) => *json,
         _ => false,
     };
@@ -667,44 +694,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             lock,
         } => {
-            let Some((file, plan)) = load_manifest(&manifest, env.environment.as_deref()) else {
-                return Ok(ExitCode::from(2));
-            };
             let runtime = new_runtime(options, &console)?;
-            let mode = lock.mode(LockMode::Update);
-            let Some(plugins) =
-                check_configs_with(&runtime, &file, &plan, console.as_ref(), mode, false).await
-            else {
-                return Ok(ExitCode::from(2));
-            };
-            let run_id = crate::pipeline::new_run_id();
-            let commit = crate::pipeline::detect_commit(&plan.workspace);
-            let ws_state = open_state(&plan.workspace)?;
-            let runs = ws_state
-                .runs(true)?
-                .ok_or_else(|| anyhow::anyhow!("cannot create the runs directory"))?;
-            let mut journal = Journal::create(&runs, &run_id)?;
-            journal.append(&Record::RunStarted {
-                run_id: run_id.clone(),
-                pipeline: plan.pipeline.clone(),
-                environment: plan.environment.clone(),
-                manifest: std::path::absolute(&file.path)?,
-                manifest_sha256: crate::journal::file_sha256(&file.path)?,
-                commit: commit.clone(),
-                plugins: plugin_records(&plan, &plugins),
-                ts_ms: crate::capabilities::telemetry::now_ms(),
-            })?;
-            let pipeline = Pipeline {
-                runtime: &runtime,
-                plan: &plan,
-                reporter: console.clone(),
-                run_id,
-                commit,
-                state: Some(state_store(&ws_state)?),
-                cancel: None,
+            let request = executor::RunRequest {
+                manifest,
+                environment: env.environment,
+                run_id: None,
+                trigger: None,
+                lock: lock.mode(LockMode::Update),
             };
             finish_run(
-                pipeline.run(&plugins, journal, Resume::default()).await,
+                executor::start(&runtime, console.clone(), request).await,
                 &console,
                 output.output,
             )
@@ -714,76 +713,41 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             workspace,
             output,
         } => {
-            let (ws_state, dir) = find_run(&workspace.dir, &run_id)?;
-            let records = Journal::read(&dir)?;
-            let Some(Record::RunStarted {
-                manifest,
-                manifest_sha256,
-                environment,
-                commit,
-                plugins: recorded_plugins,
-                ..
-            }) = records.first()
-            else {
-                anyhow::bail!(
-                    "{}: the journal does not start with run-started",
-                    dir.path().display()
-                );
-            };
-            if records
-                .iter()
-                .any(|r| matches!(r, Record::RunFinished { .. }))
-            {
-                anyhow::bail!("run `{run_id}` already finished; start a new one with `gantry run`");
-            }
-            let fresh = format!("start a new run with `gantry run {}`", manifest.display());
-            if crate::journal::file_sha256(manifest).ok().as_ref() != Some(manifest_sha256) {
-                anyhow::bail!(
-                    "{} changed (or is gone) since run `{run_id}` started; resuming would mix two \
-                     pipelines: {fresh}",
-                    manifest.display()
-                );
-            }
-            let Some((file, plan)) = load_manifest(manifest, Some(environment)) else {
-                return Ok(ExitCode::from(2));
-            };
-            if plan.workspace.canonicalize().ok().as_ref() != Some(&ws_state.workspace) {
-                anyhow::bail!(
-                    "run `{run_id}` belongs to workspace {}, but {} now names {}: {fresh}",
-                    ws_state.workspace.display(),
-                    manifest.display(),
-                    plan.workspace.display()
-                );
-            }
             let runtime = new_runtime(options, &console)?;
-            let Some(plugins) = check_configs(&runtime, &file, &plan, console.as_ref()).await
-            else {
-                return Ok(ExitCode::from(2));
-            };
-            let changed = changed_plugins(recorded_plugins, &plugin_records(&plan, &plugins));
-            if !changed.is_empty() {
-                anyhow::bail!(
-                    "{} since run `{run_id}` started; resuming would run code the run did not \
-                     start with: {fresh}",
-                    changed.join("; ")
-                );
-            }
-            let mut journal = Journal::open(dir)?;
-            journal.append(&Record::RunResumed {
-                ts_ms: crate::capabilities::telemetry::now_ms(),
-            })?;
-            let resume = Resume::from_records(&records);
-            let pipeline = Pipeline {
-                runtime: &runtime,
-                plan: &plan,
-                reporter: console.clone(),
+            let request = executor::ResumeRequest {
+                workspace: workspace.dir,
                 run_id,
-                commit: commit.clone(),
-                state: Some(state_store(&ws_state)?),
-                cancel: None,
             };
             finish_run(
-                pipeline.run(&plugins, journal, resume).await,
+                executor::resume(&runtime, console.clone(), request).await,
+                &console,
+                output.output,
+            )
+        }
+        Command::Promote {
+            run_id,
+            environment,
+            workspace,
+            by,
+            output,
+        } => {
+            let runtime = new_runtime(options, &console)?;
+            let by = by
+                .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+                .or_else(|| std::env::var("LOGNAME").ok().filter(|u| !u.is_empty()));
+            let request = executor::PromoteRequest {
+                workspace: workspace.dir,
+                from_run: run_id,
+                environment,
+                run_id: None,
+                // Promoting by hand is the approval, when one is needed.
+                approver: by.map(|by| executor::Approver {
+                    by,
+                    via: "gantry promote".into(),
+                }),
+            };
+            finish_run(
+                executor::promote(&runtime, console.clone(), request).await,
                 &console,
                 output.output,
             )
@@ -798,11 +762,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let runtime = new_runtime(options, &console)?;
             let mode = lock.mode(LockMode::ReadOnly);
-            if check_configs_with(&runtime, &file, &plan, console.as_ref(), mode, true)
+            match executor::check_plugins(&runtime, &file, &plan, console.as_ref(), mode, true)
                 .await
-                .is_none()
             {
-                return Ok(ExitCode::from(2));
+                Ok((_, notes)) => {
+                    for n in notes {
+                        eprintln!("note: {n}");
+                    }
+                }
+                Err(invalid) => {
+                    eprintln!("{invalid}");
+                    return Ok(ExitCode::from(2));
+                }
             }
             out!(
                 "{}: pipeline `{}` is valid for environment `{}`",
@@ -1249,78 +1220,6 @@ async fn plugins_test(
     }
 }
 
-/// Open (creating) the state directory of `workspace`.
-fn open_state(workspace: &Path) -> anyhow::Result<WorkspaceState> {
-    WorkspaceState::open(workspace, true)?
-        .ok_or_else(|| anyhow::anyhow!("cannot create the state of {}", workspace.display()))
-}
-
-/// The plugin state of a workspace (`state/` in its state directory).
-fn state_store(ws: &WorkspaceState) -> anyhow::Result<Arc<StateStore>> {
-    let dir = ws
-        .dir
-        .subdir("state", true)?
-        .ok_or_else(|| anyhow::anyhow!("cannot create {}/state", ws.dir.path().display()))?;
-    Ok(Arc::new(StateStore::new(dir)))
-}
-
-/// The runs directory of `workspace`, if it has one.
-fn runs_dir(workspace: &Path) -> anyhow::Result<Option<(WorkspaceState, PrivateDir)>> {
-    let Some(ws) = WorkspaceState::open(workspace, false)? else {
-        return Ok(None);
-    };
-    Ok(ws.runs(false)?.map(|runs| (ws, runs)))
-}
-
-/// The directory of run `run_id` of `workspace`.
-fn find_run(workspace: &Path, run_id: &str) -> anyhow::Result<(WorkspaceState, PrivateDir)> {
-    if let Some((ws, runs)) = runs_dir(workspace)?
-        && let Some(dir) = crate::journal::run_dir(&runs, run_id)?
-    {
-        return Ok((ws, dir));
-    }
-    anyhow::bail!(
-        "no run `{run_id}` for workspace {} (`gantry runs -C {}` lists them)",
-        workspace.display(),
-        workspace.display()
-    )
-}
-
-/// The plugin of every stage and sink of the plan, by digest.
-fn plugin_records(plan: &Plan, plugins: &Plugins) -> Vec<PluginRecord> {
-    plan.stages
-        .iter()
-        .chain(&plan.sinks)
-        .map(|u| PluginRecord {
-            unit: u.name.clone(),
-            uses: u.uses.clone(),
-            digest: plugins[&u.field].digest.clone(),
-        })
-        .collect()
-}
-
-/// What differs between the plugins a run started with and those it would
-/// resume with, in words; empty when nothing does.
-fn changed_plugins(recorded: &[PluginRecord], now: &[PluginRecord]) -> Vec<String> {
-    if recorded.is_empty() {
-        return vec![
-            "the journal records no plugin digests (it was written by an older gantry)".into(),
-        ];
-    }
-    let mut changed = vec![];
-    for n in now {
-        match recorded.iter().find(|r| r.unit == n.unit) {
-            Some(r) if r.digest == n.digest => {}
-            Some(r) => changed.push(format!(
-                "the plugin of `{}` ({}) changed: {} when the run started, {} now",
-                n.unit, n.uses, r.digest, n.digest
-            )),
-            None => changed.push(format!("`{}` was not part of the run", n.unit)),
-        }
-    }
-    changed
-}
-
 fn state_command(command: StateCommand) -> anyhow::Result<ExitCode> {
     let (workspace, key) = match &command {
         StateCommand::List { workspace } => (workspace.dir.clone(), None),
@@ -1398,6 +1297,11 @@ fn finish_run(
 ) -> anyhow::Result<ExitCode> {
     let result = match result {
         Ok(r) => r,
+        // The diagnostics are ready to print; nothing ran.
+        Err(e) if e.is::<executor::Invalid>() => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             return Ok(ExitCode::from(2));
@@ -1655,139 +1559,11 @@ fn created_time(file: &std::path::Path) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// [`check_configs_with`], using and extending gantry.lock as `run` does.
-async fn check_configs(
-    runtime: &Runtime,
-    file: &ManifestFile,
-    plan: &Plan,
-    reporter: &dyn Reporter,
-) -> Option<Plugins> {
-    check_configs_with(runtime, file, plan, reporter, LockMode::Update, false).await
-}
-
-/// Fetch the OCI plugins (as `mode` says), load every plugin and check each
-/// stage's `with` against the JSON Schema its plugin's describe() returns.
-/// Problems are printed; on success the loaded plugins, which the run then uses.
-async fn check_configs_with(
-    runtime: &Runtime,
-    file: &ManifestFile,
-    plan: &Plan,
-    reporter: &dyn Reporter,
-    mode: LockMode,
-    // Also warn about declared capabilities without a target that nothing
-    // grants (`validate`: they may not be needed, so `run` stays quiet).
-    warn_declared: bool,
-) -> Option<Plugins> {
-    if let Err(errors) =
-        crate::oci::fetch::fetch_plan(plan, runtime.cache_root.as_deref(), mode, reporter).await
-    {
-        print_errors(&errors);
-        return None;
-    }
-    let plugins = match load_plugins(runtime, plan, reporter) {
-        Ok(p) => p,
-        Err(errors) => {
-            print_errors(&errors);
-            return None;
-        }
-    };
-    let ctx = bare_context();
-    let mut errors = vec![];
-    let mut plugin_errors = vec![];
-    let mut warnings = vec![];
-    let mut schemas: std::collections::HashMap<String, Option<serde_json::Value>> =
-        Default::default();
-    let mut declared: std::collections::HashMap<String, Vec<_>> = Default::default();
-    for unit in plan.stages.iter().chain(&plan.sinks) {
-        let plugin = &plugins[&unit.field];
-        if !schemas.contains_key(&plugin.digest) {
-            let (schema, capabilities) = match describe(runtime, plugin, &ctx, reporter).await {
-                Ok(info) if info.config_schema.trim().is_empty() => (None, info.capabilities),
-                Ok(info) => (
-                    serde_json::from_str(&info.config_schema)
-                        .map_err(|e| {
-                            plugin_errors.push(format!(
-                                "{}: its config schema is not JSON: {e}",
-                                plugin.label
-                            ))
-                        })
-                        .ok(),
-                    info.capabilities,
-                ),
-                Err(e) => {
-                    plugin_errors.push(format!("{}: {e:#}", unit.field));
-                    (None, vec![])
-                }
-            };
-            schemas.insert(plugin.digest.clone(), schema);
-            declared.insert(plugin.digest.clone(), capabilities);
-        }
-        let missing = crate::capabilities::declared::missing(
-            &unit.grants,
-            &unit.field,
-            &unit.name,
-            &inspect_argument(&unit.source),
-            &declared[&plugin.digest],
-        );
-        plugin_errors.extend(missing.errors);
-        if warn_declared {
-            warnings.extend(missing.warnings);
-        }
-        if let Some(schema) = &schemas[&plugin.digest] {
-            let at = unit.with_at().unwrap_or(file.manifest.pipeline.referenced);
-            errors.extend(crate::schema::config_errors(
-                file,
-                &at,
-                &unit.field,
-                schema,
-                &unit.config,
-                &inspect_argument(&unit.source),
-            ));
-        }
-    }
-    for w in &warnings {
-        eprintln!("note: {w}");
-    }
-    let ok = plugin_errors.is_empty() && errors.is_empty();
-    print_errors(&plugin_errors);
-    if !errors.is_empty() {
-        eprintln!("{}", crate::manifest::ManifestErrors(errors));
-    }
-    ok.then_some(plugins)
-}
-
-/// What `gantry plugins inspect` takes for `source`: a built-in's name, or the
-/// path (an alias in the manifest means nothing to that command).
-fn inspect_argument(source: &PluginSource) -> String {
-    match source {
-        PluginSource::Builtin(name) => name.to_string(),
-        PluginSource::File(path) => path.display().to_string(),
-        PluginSource::Oci(oci) if oci.insecure => format!("{} --insecure", oci.written),
-        PluginSource::Oci(oci) => oci.written.clone(),
-    }
-}
-
 /// Parse and plan a manifest, printing every problem; `None` when there were any.
-fn load_manifest(path: &std::path::Path, env: Option<&str>) -> Option<(ManifestFile, Plan)> {
-    let file = match ManifestFile::load(path) {
-        Ok(f) => f,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return None;
-        }
-    };
-    match Plan::new(&file, env) {
-        Ok(plan) => Some((file, plan)),
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{} error(s) in {}; nothing was run",
-                errors.0.len(),
-                path.display()
-            );
-            None
-        }
-    }
+fn load_manifest(path: &Path, env: Option<&str>) -> Option<(ManifestFile, Plan)> {
+    plan_manifest(path, env)
+        .inspect_err(|invalid| eprintln!("{invalid}"))
+        .ok()
 }
 
 fn new_runtime(options: RuntimeOptions, console: &Arc<dyn Reporter>) -> anyhow::Result<Runtime> {
@@ -1796,42 +1572,6 @@ fn new_runtime(options: RuntimeOptions, console: &Arc<dyn Reporter>) -> anyhow::
         console.debug(w);
     }
     Ok(runtime)
-}
-
-/// `describe()`, with the trap behind a failure shown at debug level
-/// (`--verbose`); the error itself says which budget or trap ended it.
-async fn describe(
-    runtime: &Runtime,
-    plugin: &crate::runtime::Plugin,
-    ctx: &InstanceContext,
-    reporter: &dyn Reporter,
-) -> anyhow::Result<crate::runtime::bindings::types::StageInfo> {
-    runtime.describe(plugin, ctx).await.inspect_err(|e| {
-        if let Some(f) = e.downcast_ref::<crate::runtime::DescribeFailed>() {
-            reporter.debug(&f.detail);
-        }
-    })
-}
-
-/// For describe(): no workspace, no secrets, no output.
-fn bare_context() -> InstanceContext {
-    InstanceContext {
-        workspace: PathBuf::new(),
-        reporter: Arc::new(Silent),
-        redactor: Default::default(),
-        secrets: Default::default(),
-        collector: Default::default(),
-        logs: None,
-        state: None,
-        cluster: std::sync::Arc::new(crate::capabilities::cluster::kube::Connection::new(
-            None, "",
-        )),
-        base: crate::capabilities::telemetry::EventBase {
-            run_id: String::new(),
-            pipeline: String::new(),
-            environment: String::new(),
-        },
-    }
 }
 
 /// `gantry runs --server URL`: the service's runs, newest first.

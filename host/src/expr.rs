@@ -4,7 +4,11 @@
 //! value; `if:` is one boolean expression. The language is deliberately small:
 //!
 //! - references: `vars.NAME`, `secrets.NAME` (not in `if:`), `run.id`,
-//!   `run.commit`, `run.environment`, `run.pipeline`, `stages.NAME.outputs.KEY`
+//!   `run.commit`, `run.branch`, `run.ref` (`refs/heads/main`, `refs/tags/v1`),
+//!   `run.commit-messages` (the messages of the commits that triggered the run,
+//!   newest first, separated by blank lines), `run.environment`, `run.pipeline`,
+//!   `run.promoted-from` (the run a promotion carries results from; empty
+//!   otherwise), `stages.NAME.outputs.KEY`
 //!   (a key may hold dots: `stages.test.outputs.tests.passed`, or
 //!   `stages.test.outputs['tests.passed']`);
 //! - string literals `'text'`, `true`, `false`;
@@ -36,7 +40,16 @@ impl fmt::Display for Ref {
 }
 
 /// The fields of `run`.
-pub const RUN_FIELDS: &[&str] = &["id", "commit", "environment", "pipeline"];
+pub const RUN_FIELDS: &[&str] = &[
+    "id",
+    "commit",
+    "environment",
+    "pipeline",
+    "branch",
+    "ref",
+    "commit-messages",
+    "promoted-from",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {

@@ -27,6 +27,16 @@ pub struct PluginRecord {
     pub digest: String,
 }
 
+/// Who let a promotion into an environment that requires approval, and when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRecord {
+    /// A user name (`$USER`, `--by`, or the service's authenticated caller).
+    pub by: String,
+    /// How: `gantry promote` by hand, or the service's approvals API.
+    pub via: String,
+    pub ts_ms: u64,
+}
+
 /// An artifact as recorded (the WIT record, serializable).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ArtifactRecord {
@@ -53,6 +63,22 @@ pub enum Record {
         #[serde(default)]
         plugins: Vec<PluginRecord>,
         ts_ms: u64,
+        /// The rest of what triggered the run (branch, ref, commit messages,
+        /// repository); absent in journals of older gantry versions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        commit_messages: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repository: Option<String>,
+        /// A promotion: the run whose reused stages' results this one carries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        promoted_from: Option<String>,
+        /// Who approved it, for an environment that requires approval.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<ApprovalRecord>,
     },
     StageStarted {
         stage: String,
@@ -80,6 +106,10 @@ pub enum Record {
         artifacts: Vec<ArtifactRecord>,
         denials: Vec<String>,
         ts_ms: u64,
+        /// Not run here: its result was carried over from this run by a
+        /// promotion.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reused_from: Option<String>,
     },
     /// Running stages were stopped (Ctrl-C); they run again on resume.
     RunCancelled {
@@ -230,6 +260,7 @@ mod tests {
             artifacts: vec![],
             denials: vec![],
             ts_ms: 6,
+            reused_from: None,
         };
         j.append(&finished).unwrap();
         let dir = run_dir(&runs, "r1").unwrap().unwrap();

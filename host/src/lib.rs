@@ -24,6 +24,7 @@
 pub mod capabilities;
 pub mod certify;
 pub mod cli;
+pub mod executor;
 pub mod expr;
 #[cfg(test)]
 mod fuzz;

@@ -54,6 +54,102 @@ pub struct Manifest {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, Environment>")]
     pub environments: BTreeMap<String, Spanned<Environment>>,
+    /// Continuous deployment: the environments a run's artifacts go through, in
+    /// order, and the stages whose results each promotion carries over instead
+    /// of running them again (`gantry promote <run> <env>`).
+    #[serde(default)]
+    #[schemars(with = "Option<Promotion>")]
+    pub promotion: Option<Spanned<Promotion>>,
+}
+
+/// The promotion chain: a commit's run happens in the first environment;
+/// `gantry promote` takes a run that succeeded in one environment into the
+/// next, reusing the `reuse` stages' outputs and artifacts (the same bytes are
+/// deployed, nothing is rebuilt) and running the other stages with that
+/// environment's parameters.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Promotion {
+    /// The stages whose results a promotion carries over (not run again), e.g.
+    /// `[test, image, publish]`. A reused stage may only need reused stages.
+    #[schemars(with = "Vec<String>")]
+    pub reuse: Vec<Spanned<String>>,
+    /// The environments in order, at least two: a name, or
+    /// `{ name, approval: required }` for one that needs an approval
+    /// (`gantry promote` by hand counts as one; the service asks for it).
+    #[schemars(with = "Vec<PromotionStepSchema>")]
+    pub environments: Vec<Spanned<PromotionStep>>,
+}
+
+/// One environment of the promotion chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionStep {
+    pub name: String,
+    pub approval: Approval,
+}
+
+/// Whether promoting into an environment needs someone's approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Approval {
+    /// Promote as soon as the run before succeeded.
+    #[default]
+    None,
+    /// Wait for `gantry approve` (the service), or a `gantry promote` by hand.
+    Required,
+}
+
+/// `- production` or `- { name: production, approval: required }`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PromotionStepFull {
+    /// The environment's name (under `environments:`, or `default`).
+    name: String,
+    /// `required`: promoting into it needs an approval; default `none`.
+    #[serde(default)]
+    approval: Approval,
+}
+
+/// The schema of [`PromotionStep`]: a name or the long form.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum PromotionStepSchema {
+    Name(String),
+    Full(PromotionStepFull),
+}
+
+// A string or a map, by hand: an untagged enum would turn a typo inside the
+// map into "did not match any variant" instead of naming the field.
+impl<'de> Deserialize<'de> for PromotionStep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PromotionStep;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an environment name, or `{ name: NAME, approval: required }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PromotionStep {
+                    name: v.to_string(),
+                    approval: Approval::None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let full = PromotionStepFull::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(PromotionStep {
+                    name: full.name,
+                    approval: full.approval,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// An environment: an overlay on the pipeline.

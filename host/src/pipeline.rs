@@ -43,6 +43,10 @@ pub struct StageResult {
     pub denials: Vec<String>,
     /// What it produced (images, files), as recorded in the journal.
     pub artifacts: Vec<ArtifactRecord>,
+    /// Set when a promotion carried this result over from that run instead
+    /// of running the stage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<String>,
 }
 
 impl StageResult {
@@ -87,6 +91,9 @@ pub struct RunResult {
     /// The signal that stopped the run (2, 15 or 1): gantry exits 128 + it.
     #[serde(skip)]
     pub signal: Option<i32>,
+    /// A promotion: the run whose reused stages' results this one carried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
     pub stages: Vec<StageResult>,
 }
 
@@ -222,6 +229,7 @@ impl Resume {
                 outputs,
                 artifacts,
                 denials,
+                reused_from,
                 ..
             } = r
             {
@@ -236,6 +244,7 @@ impl Resume {
                         outputs: outputs.clone(),
                         denials: denials.clone(),
                         artifacts: artifacts.clone(),
+                        reused_from: reused_from.clone(),
                     },
                 );
             }
@@ -259,10 +268,21 @@ impl Resume {
     pub fn describe(&self) -> Vec<String> {
         let secs = |ms: u64| format!("{:.2}s", ms as f64 / 1000.0);
         let mut lines = vec![];
-        if !self.finished.is_empty() {
-            let kept: Vec<String> = self
-                .finished
-                .values()
+        let (reused, kept): (Vec<&StageResult>, Vec<&StageResult>) = self
+            .finished
+            .values()
+            .partition(|r| r.reused_from.is_some());
+        if let Some(from) = reused.first().and_then(|r| r.reused_from.as_deref()) {
+            let names: Vec<&str> = reused.iter().map(|r| r.name.as_str()).collect();
+            lines.push(format!(
+                "reused {} stage(s) from run {from}, not run again: {}",
+                names.len(),
+                names.join(", ")
+            ));
+        }
+        if !kept.is_empty() {
+            let kept: Vec<String> = kept
+                .iter()
                 .map(|r| format!("{} ({}, {})", r.name, r.status, secs(r.duration_ms)))
                 .collect();
             lines.push(format!(
@@ -307,13 +327,84 @@ pub struct Pipeline<'a> {
     pub plan: &'a Plan,
     pub reporter: Arc<dyn Reporter>,
     pub run_id: String,
-    pub commit: Option<String>,
+    /// What started the run: commit, branch, ref, commit messages.
+    pub trigger: Trigger,
+    /// A promotion: the run whose reused stages' results this one carries.
+    pub promoted_from: Option<String>,
     /// The workspace's host-kept state (the `state` capability).
     pub state: Option<Arc<crate::capabilities::state::StateStore>>,
     /// What stops the run: `None` is the process's signals (Ctrl-C, SIGTERM,
     /// SIGHUP), as for `gantry run`; a token is how `gantry serve` stops one
     /// run of many (the service handles its own signals).
     pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// What started a run, as `run.*` expressions read it and RunStarted records it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Trigger {
+    /// The commit being built (full sha).
+    pub commit: Option<String>,
+    /// The branch (`main`), when the ref is one.
+    pub branch: Option<String>,
+    /// The full ref (`refs/heads/main`, `refs/tags/v1.2`).
+    pub reference: Option<String>,
+    /// The messages of the commits that triggered the run, newest first.
+    pub messages: Vec<String>,
+    /// Where the commit came from (a clone URL), when known.
+    pub repository: Option<String>,
+}
+
+impl Trigger {
+    /// What `gantry run` knows: the CI system's variables, else git in the
+    /// workspace; whatever neither says stays empty.
+    pub fn detect(workspace: &Path) -> Self {
+        let commit = detect_commit(workspace);
+        let (branch, reference) = detect_branch(workspace);
+        let messages = commit
+            .as_deref()
+            .and_then(|c| git(workspace, &["log", "-1", "--format=%B", c]))
+            .map(|m| m.trim_end().to_string())
+            .filter(|m| !m.is_empty())
+            .into_iter()
+            .collect();
+        Self {
+            commit,
+            branch,
+            reference,
+            messages,
+            repository: None,
+        }
+    }
+}
+
+/// The output of `git ARGS` in `dir`, when it succeeds.
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The branch and full ref being built: from the CI system, else the branch
+/// git has checked out (none when HEAD is detached).
+pub fn detect_branch(workspace: &Path) -> (Option<String>, Option<String>) {
+    let set = |v: &str| std::env::var(v).ok().filter(|v| !v.is_empty());
+    // GitHub Actions and Azure Pipelines give the full ref; GitLab the branch.
+    let reference = set("GITHUB_REF")
+        .or_else(|| set("BUILD_SOURCEBRANCH"))
+        .or_else(|| set("CI_COMMIT_BRANCH").map(|b| format!("refs/heads/{b}")))
+        .or_else(|| git(workspace, &["symbolic-ref", "-q", "HEAD"]).map(|r| r.trim().to_string()))
+        .filter(|r| !r.is_empty());
+    let branch = reference
+        .as_deref()
+        .and_then(|r| r.strip_prefix("refs/heads/"))
+        .map(str::to_string);
+    (branch, reference)
 }
 
 /// Why the executor stopped early.
@@ -468,6 +559,7 @@ impl Pipeline<'_> {
                     outputs: vec![],
                     denials: vec![],
                     artifacts: vec![],
+                    reused_from: None,
                 })
             })
             .collect();
@@ -481,6 +573,7 @@ impl Pipeline<'_> {
             cancelled,
             exec_unconfined: execs && crate::sandbox::unconfined_opted_in(),
             signal,
+            promoted_from: self.promoted_from.clone(),
             stages,
         };
         result.status = if cancelled {
@@ -522,11 +615,15 @@ impl Pipeline<'_> {
             if let Some(r) = resume.finished.get(&unit.name) {
                 let mut r = r.clone();
                 r.uses = unit.uses.clone();
+                let why = match &r.reused_from {
+                    Some(from) => format!("reused from run {from}"),
+                    None => "kept: finished before the resume".into(),
+                };
                 self.reporter.stage_finished(
                     &unit.name,
                     r.mark(),
                     Duration::from_millis(r.duration_ms),
-                    &format!("{} (kept: finished before the resume)", r.detail),
+                    &format!("{} ({why})", r.detail),
                 );
                 done.insert(unit.name.clone(), r);
             }
@@ -642,6 +739,7 @@ impl Pipeline<'_> {
             artifacts: r.artifacts.clone(),
             denials: r.denials.clone(),
             ts_ms: now_ms(),
+            reused_from: r.reused_from.clone(),
         })?;
         self.reporter
             .stage_finished(&r.name, r.mark(), elapsed, &r.detail);
@@ -675,7 +773,11 @@ impl Pipeline<'_> {
             Ref::Secret(n) => secrets?.value(n).map(str::to_string),
             Ref::Run(f) => match f.as_str() {
                 "id" => Some(self.run_id.clone()),
-                "commit" => Some(self.commit.clone().unwrap_or_default()),
+                "commit" => Some(self.trigger.commit.clone().unwrap_or_default()),
+                "branch" => Some(self.trigger.branch.clone().unwrap_or_default()),
+                "ref" => Some(self.trigger.reference.clone().unwrap_or_default()),
+                "commit-messages" => Some(self.trigger.messages.join("\n\n")),
+                "promoted-from" => Some(self.promoted_from.clone().unwrap_or_default()),
                 "environment" => Some(self.plan.environment.clone()),
                 "pipeline" => Some(self.plan.pipeline.clone()),
                 _ => None,
@@ -803,6 +905,7 @@ impl Pipeline<'_> {
             outputs: vec![],
             denials,
             artifacts: vec![],
+            reused_from: None,
         };
         match outcome {
             Ok(o) => {
@@ -907,6 +1010,7 @@ fn skipped(unit: &Unit, detail: String) -> StageResult {
         outputs: vec![],
         denials: vec![],
         artifacts: vec![],
+        reused_from: None,
     }
 }
 

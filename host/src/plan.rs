@@ -7,8 +7,8 @@
 use crate::capabilities::Grants;
 use crate::expr::{self, Expr, Ref};
 use crate::manifest::{
-    ClusterTarget, Environment, Limits as LimitsSpec, ManifestError, ManifestErrors, ManifestFile,
-    Permissions, SecretSource, Sink, closest,
+    Approval, ClusterTarget, Environment, Limits as LimitsSpec, ManifestError, ManifestErrors,
+    ManifestFile, Permissions, PromotionStep, SecretSource, Sink, closest,
 };
 use crate::plugins::{BUILTINS, PluginSource};
 use crate::runtime::MAX_MEMORY;
@@ -69,6 +69,160 @@ pub struct Plan {
     pub sinks: Vec<Unit>,
     /// The cluster of this environment, its kubeconfig path made absolute.
     pub cluster: Option<ClusterTarget>,
+    /// The promotion chain, when the manifest has one.
+    pub promotion: Option<PromotionChain>,
+}
+
+/// The manifest's `promotion:`, checked: environments that exist, each once;
+/// reused stages that exist and need only reused stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionChain {
+    pub environments: Vec<PromotionStep>,
+    /// Stages whose results a promotion carries over.
+    pub reuse: Vec<String>,
+}
+
+impl PromotionChain {
+    /// The environment after `environment`, if it is in the chain and not last.
+    pub fn next(&self, environment: &str) -> Option<&PromotionStep> {
+        let i = self
+            .environments
+            .iter()
+            .position(|s| s.name == environment)?;
+        self.environments.get(i + 1)
+    }
+
+    /// `default → docker → production (approval)`, for messages.
+    pub fn describe(&self) -> String {
+        self.environments
+            .iter()
+            .map(|s| match s.approval {
+                Approval::Required => format!("{} (approval required)", s.name),
+                Approval::None => s.name.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(" → ")
+    }
+}
+
+/// What to pass [`Plan::new`] for environment `name`: `None` for the implicit
+/// `default` of a manifest that does not define it.
+pub fn environment_arg<'a>(file: &ManifestFile, name: &'a str) -> Option<&'a str> {
+    if file.manifest.environments.contains_key(name) {
+        Some(name)
+    } else {
+        None
+    }
+}
+
+/// Check `promotion:`; every problem goes to `errors`.
+fn check_promotion(file: &ManifestFile, errors: &mut Vec<ManifestError>) -> Option<PromotionChain> {
+    let m = &file.manifest;
+    let promotion = m.promotion.as_ref()?;
+    let p = &promotion.value;
+    let envs = &m.environments;
+    // `default` needs no definition while no other environment is the default.
+    let implicit_default = !envs.values().any(|e| e.value.default);
+    let mut chain: Vec<PromotionStep> = vec![];
+    for (i, step) in p.environments.iter().enumerate() {
+        let name = &step.value.name;
+        let field = format!("promotion.environments[{i}]");
+        if !envs.contains_key(name) && !(implicit_default && name == DEFAULT_ENVIRONMENT) {
+            let near = closest(name, envs.keys().map(String::as_str));
+            errors.push(file.error(
+                &step.referenced,
+                &field,
+                format!("there is no environment `{name}`"),
+                Some(match near {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("define it under `environments:` (`{name}: {{}}`)"),
+                }),
+            ));
+        } else if chain.iter().any(|s| s.name == *name) {
+            errors.push(file.error(
+                &step.referenced,
+                &field,
+                format!("`{name}` is already in the chain: an environment appears once"),
+                None,
+            ));
+        }
+        chain.push(step.value.clone());
+    }
+    if p.environments.len() < 2 {
+        errors.push(file.error(
+            &promotion.referenced,
+            "promotion.environments",
+            "a promotion chain needs at least two environments: where a commit's run \
+             happens, and where its artifacts go next",
+            None,
+        ));
+    }
+    let names: BTreeSet<&str> = m.stages.iter().map(|s| s.name.value.as_str()).collect();
+    let reused: BTreeSet<&str> = p.reuse.iter().map(|r| r.value.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for (i, r) in p.reuse.iter().enumerate() {
+        let field = format!("promotion.reuse[{i}]");
+        let Some(stage) = m.stages.iter().find(|s| s.name.value == r.value) else {
+            errors.push(file.error(
+                &r.referenced,
+                &field,
+                format!("there is no stage named `{}`", r.value),
+                closest(&r.value, names.iter().copied()).map(|n| format!("did you mean `{n}`?")),
+            ));
+            continue;
+        };
+        if !seen.insert(r.value.as_str()) {
+            errors.push(file.error(
+                &r.referenced,
+                &field,
+                format!("`{}` is already listed", r.value),
+                None,
+            ));
+            continue;
+        }
+        for need in &stage.needs {
+            if names.contains(need.value.as_str()) && !reused.contains(need.value.as_str()) {
+                errors.push(file.error(
+                    &r.referenced,
+                    &field,
+                    format!(
+                        "`{}` is reused, but it needs `{}`, which is not: a promotion would run \
+                         `{}` again yet keep what `{}` made from the first run's",
+                        r.value, need.value, need.value, r.value
+                    ),
+                    Some(format!(
+                        "add `{}` to `promotion.reuse`, or remove `{}` from it",
+                        need.value, r.value
+                    )),
+                ));
+            }
+        }
+        // A reused stage is the same in every environment of the chain: an
+        // overlay would never apply where its result is carried over, and
+        // would make the plugin digests of the chain's runs disagree.
+        for step in &chain {
+            if let Some(overlay) = envs
+                .get(&step.name)
+                .and_then(|e| e.value.stages.get(&r.value))
+            {
+                errors.push(file.error(
+                    &overlay.referenced,
+                    &format!("environments.{}.stages.{}", step.name, r.value),
+                    format!(
+                        "`{}` is reused by promotion (`promotion.reuse`), so it must be the same \
+                         in every environment of the chain; this overlay would apply to one run \
+                         and never to the promotions that carry its result",
+                        r.value
+                    ),
+                    Some("move the change into the stage itself, or stop reusing it".into()),
+                ));
+            }
+        }
+    }
+    Some(PromotionChain {
+        environments: chain,
+        reuse: p.reuse.iter().map(|r| r.value.clone()).collect(),
+    })
 }
 
 /// `~/x` in the home directory, a relative path against `base`.
@@ -228,6 +382,7 @@ impl Plan {
             }
         }
 
+        let promotion = check_promotion(file, &mut errors);
         let cluster = overlay
             .and_then(|o| o.cluster.as_ref())
             .or(m.cluster.as_ref())
@@ -247,6 +402,7 @@ impl Plan {
             stages,
             sinks,
             cluster,
+            promotion,
         };
         plan.check_expressions(file, &mut errors);
         if !errors.is_empty() {
@@ -871,6 +1027,92 @@ mod tests {
         assert!(
             direct.contains("stages[0].uses: `P` in `oci://ghcr.io/P` is not a repository name"),
             "{direct}"
+        );
+    }
+
+    const CHAIN: &str = "pipeline: p
+stages:
+  - { name: test, uses: noop }
+  - { name: image, uses: noop, needs: [test] }
+  - { name: deploy, uses: noop, needs: [image] }
+environments:
+  default: { default: true }
+  docker: {}
+  production: {}
+";
+
+    #[test]
+    fn a_promotion_chain_is_resolved_with_its_approvals() {
+        let yaml = format!(
+            "{CHAIN}promotion:\n  reuse: [test, image]\n  environments:\n    - default\n    - name: docker\n    - {{ name: production, approval: required }}\n"
+        );
+        let file = ManifestFile::parse(std::path::Path::new("pipeline.yaml"), yaml).unwrap();
+        let chain = Plan::new(&file, Some("docker")).unwrap().promotion.unwrap();
+        assert_eq!(chain.reuse, ["test", "image"]);
+        assert_eq!(
+            chain.describe(),
+            "default → docker → production (approval required)"
+        );
+        assert_eq!(chain.next("default").unwrap().name, "docker");
+        assert_eq!(chain.next("docker").unwrap().approval, Approval::Required);
+        assert!(chain.next("production").is_none());
+        assert!(chain.next("nowhere").is_none());
+        // `default` needs no definition while no environment is marked default.
+        let implicit = "pipeline: p\nstages:\n  - { name: a, uses: noop }\nenvironments:\n  docker: {}\npromotion: { reuse: [a], environments: [default, docker] }\n";
+        assert_eq!(plan_errors(implicit), "");
+    }
+
+    #[test]
+    fn promotion_errors_name_file_line_and_field() {
+        let with = |promotion: &str| plan_errors(&format!("{CHAIN}promotion:\n{promotion}"));
+        let err = with("  reuse: [image]\n  environments: [default, docker]\n");
+        assert!(
+            err.contains("pipeline.yaml:11:11: promotion.reuse[0]: `image` is reused, but it needs `test`, which is not"),
+            "{err}"
+        );
+        assert!(err.contains("add `test` to `promotion.reuse`"), "{err}");
+        let err = with("  reuse: [test, tset, test]\n  environments: [default, dokcer, default]\n");
+        assert!(
+            err.contains("pipeline.yaml:11:17: promotion.reuse[1]: there is no stage named `tset`"),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `test`?"), "{err}");
+        assert!(
+            err.contains("promotion.reuse[2]: `test` is already listed"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "pipeline.yaml:12:27: promotion.environments[1]: there is no environment `dokcer`"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("did you mean `docker`?"), "{err}");
+        assert!(
+            err.contains("promotion.environments[2]: `default` is already in the chain"),
+            "{err}"
+        );
+        let err = with("  reuse: []\n  environments: [default]\n");
+        assert!(err.contains("needs at least two environments"), "{err}");
+        let err =
+            with("  reuse: [test]\n  environments: [{ name: docker, approval: yes }, default]\n");
+        assert!(err.contains("pipeline.yaml:12:"), "{err}");
+        assert!(err.contains("yes"), "{err}");
+        let err = with(
+            "  reuse: [test]\n  environments: [{ name: docker, aproval: required }, default]\n",
+        );
+        assert!(err.contains("unknown field `aproval`"), "{err}");
+        // An overlay of a reused stage in an environment of the chain.
+        let overlaid = CHAIN.replace(
+            "  docker: {}",
+            "  docker:\n    stages:\n      test: { with: { x: 1 } }",
+        );
+        let err = plan_errors(&format!(
+            "{overlaid}promotion: {{ reuse: [test], environments: [default, docker] }}\n"
+        ));
+        assert!(
+            err.contains("environments.docker.stages.test: `test` is reused by promotion"),
+            "{err}"
         );
     }
 

@@ -118,10 +118,14 @@ pub fn summary_table(result: &RunResult) -> String {
                 .take(3)
                 .map(|(k, v)| format!("{k}={}", shorten(v, 40)))
                 .collect();
+            let status = match &s.reused_from {
+                Some(from) => format!("{} (reused from run {from})", s.status),
+                None => s.status.clone(),
+            };
             [
                 s.name.clone(),
                 s.uses.clone(),
-                s.status.clone(),
+                status,
                 format!("{:.1}s", s.duration_ms as f64 / 1000.0),
                 outputs.join(" "),
             ]
@@ -159,14 +163,22 @@ fn shorten(s: &str, n: usize) -> String {
 
 /// One line of `gantry runs`.
 pub fn run_line(id: &str, records: &[Record]) -> String {
-    let (pipeline, env, start) = match records.first() {
+    let (pipeline, env, start, promoted) = match records.first() {
         Some(Record::RunStarted {
             pipeline,
             environment,
             ts_ms,
+            promoted_from,
             ..
-        }) => (pipeline.as_str(), environment.as_str(), *ts_ms),
-        _ => ("?", "?", 0),
+        }) => (
+            pipeline.as_str(),
+            environment.as_str(),
+            *ts_ms,
+            promoted_from
+                .as_deref()
+                .map_or(String::new(), |f| format!("  promoted from {f}")),
+        ),
+        _ => ("?", "?", 0, String::new()),
     };
     let end = records.iter().rev().find_map(|r| match r {
         Record::RunFinished { success, ts_ms } => {
@@ -186,7 +198,9 @@ pub fn run_line(id: &str, records: &[Record]) -> String {
         .iter()
         .filter(|r| matches!(r, Record::StageFinished { .. }))
         .count();
-    format!("{id}  {pipeline}  env={env}  {status}  {duration}  {finished} stage(s) recorded")
+    format!(
+        "{id}  {pipeline}  env={env}  {status}  {duration}  {finished} stage(s) recorded{promoted}"
+    )
 }
 
 /// The logs of one stage, or of all stages in the order they finished.

@@ -77,6 +77,7 @@ mod tests {
                 outputs,
                 denials: vec![],
                 artifacts: vec![],
+                reused_from: None,
             };
         let result = RunResult {
             run_id: "r1".into(),
@@ -88,6 +89,7 @@ mod tests {
             cancelled: false,
             exec_unconfined: false,
             signal: None,
+            promoted_from: None,
             stages: vec![
                 stage(
                     "build",
