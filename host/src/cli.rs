@@ -701,6 +701,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 run_id: None,
                 trigger: None,
                 lock: lock.mode(LockMode::Update),
+                cancel: None,
             };
             finish_run(
                 executor::start(&runtime, console.clone(), request).await,
@@ -717,6 +718,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let request = executor::ResumeRequest {
                 workspace: workspace.dir,
                 run_id,
+                cancel: None,
             };
             finish_run(
                 executor::resume(&runtime, console.clone(), request).await,
@@ -745,6 +747,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     by,
                     via: "gantry promote".into(),
                 }),
+                cancel: None,
             };
             finish_run(
                 executor::promote(&runtime, console.clone(), request).await,

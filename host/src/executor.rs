@@ -47,6 +47,8 @@ pub struct RunRequest {
     pub trigger: Option<Trigger>,
     /// How OCI plugins are fetched and pinned (`gantry run`: `Update`).
     pub lock: LockMode,
+    /// Stops the run (`gantry serve`); `None`: the process's signals do.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Continue a run whose host died or which was cancelled.
@@ -54,6 +56,8 @@ pub struct ResumeRequest {
     /// The workspace the run belongs to.
     pub workspace: PathBuf,
     pub run_id: String,
+    /// Stops the run (`gantry serve`); `None`: the process's signals do.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Promote a run that succeeded into the next environment of the chain.
@@ -69,6 +73,8 @@ pub struct PromoteRequest {
     /// Who approves, recorded when the environment requires approval; a
     /// promotion into such an environment without one is refused.
     pub approver: Option<Approver>,
+    /// Stops the run (`gantry serve`); `None`: the process's signals do.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Who approved a promotion, and through what.
@@ -119,6 +125,7 @@ pub async fn start(
         trigger,
         promoted_from: None,
         state: Some(state_store(&ws_state)?),
+        cancel: req.cancel,
     };
     pipeline.run(&plugins, journal, Resume::default()).await
 }
@@ -188,6 +195,7 @@ pub async fn resume(
         trigger,
         promoted_from,
         state: Some(state_store(&ws_state)?),
+        cancel: req.cancel,
     };
     pipeline
         .run(&plugins, journal, Resume::from_records(&records))
@@ -351,6 +359,7 @@ pub async fn promote(
         trigger,
         promoted_from: Some(from.clone()),
         state: Some(state_store(&ws_state)?),
+        cancel: req.cancel.clone(),
     };
     pipeline.run(&plugins, journal, resume).await
 }

@@ -19,6 +19,8 @@
 //! - [`queue`]: the durable queue and history of continuous delivery (SQLite).
 //! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
+//! - [`triggers`], [`webhook`] and [`git`]: which pushes start a run, webhook
+//!   deliveries (GitHub, Azure DevOps), polling and checkouts with real git.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -28,6 +30,7 @@ pub mod executor;
 pub mod expr;
 #[cfg(test)]
 mod fuzz;
+pub mod git;
 pub mod journal;
 pub mod manifest;
 pub mod nofollow;
@@ -45,8 +48,10 @@ pub mod serve;
 pub mod show;
 pub mod state_dir;
 pub mod templates;
+pub mod triggers;
 pub mod units;
 pub mod vso;
+pub mod webhook;
 pub mod yaml_path;
 
 /// The WIT package this host implements; plugins must be built against a

@@ -30,6 +30,7 @@ mod async_store;
 mod deliveries;
 mod environments;
 mod owner;
+mod refs;
 mod runs;
 #[cfg(test)]
 mod tests;

@@ -31,10 +31,12 @@ pub enum RunStatus {
     Superseded,
     /// Its approval was rejected before it started: it never runs.
     Rejected,
+    /// The manifest at its commit did not want it (`on:` filters, `[skip ci]`).
+    Skipped,
 }
 
 impl RunStatus {
-    pub const ALL: [RunStatus; 7] = [
+    pub const ALL: [RunStatus; 8] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Succeeded,
@@ -42,6 +44,7 @@ impl RunStatus {
         RunStatus::Cancelled,
         RunStatus::Superseded,
         RunStatus::Rejected,
+        RunStatus::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +56,7 @@ impl RunStatus {
             RunStatus::Cancelled => "cancelled",
             RunStatus::Superseded => "superseded",
             RunStatus::Rejected => "rejected",
+            RunStatus::Skipped => "skipped",
         }
     }
 
@@ -64,7 +68,7 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped
         )
     }
 
@@ -108,6 +112,9 @@ pub struct NewRun {
     /// The messages of the commits the push brought (oldest first), for
     /// stages to read; empty for a poll, a manual run or a promotion.
     pub commit_messages: Vec<String>,
+    /// What the ref pointed at before the push; `None` for a new ref or when
+    /// unknown (a manual run).
+    pub before: Option<String>,
     pub environment: String,
     /// What started it: `push`, `poll`, `manual`, `promotion`.
     pub trigger: String,
@@ -136,6 +143,7 @@ pub struct Run {
     pub branch: String,
     pub commit: String,
     pub commit_messages: Vec<String>,
+    pub before: Option<String>,
     pub environment: String,
     pub trigger: String,
     /// The run this one promotes (whose build stages it reuses).
@@ -154,11 +162,14 @@ pub struct Run {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// Why it failed or was skipped.
+    pub detail: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "id, pipeline, repository, git_ref, branch, commit_sha, commit_messages, \
      environment, trigger, source_run_id, needs_approval, status, superseded_by, cancel_requested, \
-     journal_run_id, delivery_provider, delivery_id, created_at_ms, started_at_ms, finished_at_ms";
+     journal_run_id, delivery_provider, delivery_id, created_at_ms, started_at_ms, finished_at_ms, \
+     before_sha, detail";
 
 fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     let messages: String = r.get(6)?;
@@ -186,6 +197,8 @@ fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
         created_at_ms: r.get(17)?,
         started_at_ms: r.get(18)?,
         finished_at_ms: r.get(19)?,
+        before: r.get(20)?,
+        detail: r.get(21)?,
     })
 }
 
@@ -337,8 +350,8 @@ pub(super) fn enqueue_in(
     conn.execute(
         "INSERT INTO runs (pipeline, repository, git_ref, branch, commit_sha, commit_messages, \
          environment, trigger, source_run_id, needs_approval, status, delivery_provider, delivery_id, \
-         created_at_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?12, ?13)",
+         created_at_ms, before_sha) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued', ?11, ?12, ?13, ?14)",
         params![
             run.pipeline,
             run.repository,
@@ -352,7 +365,8 @@ pub(super) fn enqueue_in(
             run.needs_approval,
             delivery.map(|d| d.0),
             delivery.map(|d| d.1),
-            now
+            now,
+            run.before
         ],
     )
     .map_err(|e| ctx.sql(e))?;
@@ -469,6 +483,11 @@ impl Store {
 
     /// A running run ended with `status` (succeeded, failed or cancelled).
     pub fn finish(&mut self, run: i64, status: RunStatus) -> Result<Run> {
+        self.finish_with(run, status, "")
+    }
+
+    /// [`Store::finish`], with why it ended so (a failure, a skip) in words.
+    pub fn finish_with(&mut self, run: i64, status: RunStatus, detail: &str) -> Result<Run> {
         if !status.is_final() {
             return Err(Error::NotFinal { run, status });
         }
@@ -482,8 +501,8 @@ impl Store {
                 });
             }
             tx.execute(
-                "UPDATE runs SET status = ?2, finished_at_ms = ?3 WHERE id = ?1",
-                params![run, status, now_ms()],
+                "UPDATE runs SET status = ?2, finished_at_ms = ?3, detail = ?4 WHERE id = ?1",
+                params![run, status, now_ms(), (!detail.is_empty()).then_some(detail)],
             )
             .map_err(|e| ctx.sql(e))?;
             get_run(tx, ctx, run)

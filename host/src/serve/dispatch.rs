@@ -88,14 +88,14 @@ pub(super) async fn execute(svc: Arc<Service>, run: Run) {
     }
     let (status, detail) = (ended.status, ended.detail.clone());
     let id = run.id;
-    match svc.db(move |s| s.finish(id, status, &detail)).await {
+    match svc.db(move |s| s.finish_with(id, status, &detail)).await {
         Ok(_) => {}
         Err(e) => svc.say(&format!("run {id}: cannot record its end: {e:#}")),
     }
     svc.say(&format!(
         "run {id} [{} {} {}]: {}{}",
         run.pipeline,
-        short_ref(&run.branch),
+        run.branch,
         short(&run.commit),
         ended.status.as_str(),
         if ended.detail.is_empty() {
@@ -145,9 +145,9 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
     );
     // The push as git has it (webhook payloads and polling alike): its
     // commits, messages and changed files, for `on:` and `run.commit-messages`.
-    let mut event = crate::webhook::PushEvent::polled(
+    let mut event = crate::webhook::PushEvent::from_refs(
         &run.repository,
-        &run.branch,
+        &run.git_ref,
         run.before.as_deref(),
         &run.commit,
     );
@@ -183,38 +183,63 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
         svc: svc.clone(),
         pipeline: run.pipeline.clone(),
     });
-    let trigger = crate::executor::Trigger {
+    let mut messages = run.commit_messages.clone();
+    if messages.is_empty() {
+        messages = event.messages().iter().map(|m| m.to_string()).collect();
+    }
+    // Newest first, as `run.commit-messages` lists them.
+    messages.reverse();
+    let trigger = crate::pipeline::Trigger {
         commit: Some(run.commit.clone()),
-        branch: run
-            .branch
-            .strip_prefix("refs/heads/")
-            .map(str::to_string),
-        reference: Some(run.branch.clone()),
-        messages: event.messages().iter().map(|m| m.to_string()).collect(),
+        branch: run.git_ref.starts_with("refs/heads/").then(|| run.branch.clone()),
+        reference: Some(run.git_ref.clone()),
+        messages,
         repository: Some(run.repository.clone()),
     };
-    let exec = crate::executor::Executor {
-        runtime: &svc.runtime,
-        reporter,
-        cancel: Some(token.clone()),
-    };
-    let journal_exists = crate::executor::journal_exists(&ws, &journal_id)?;
-    let result = if journal_exists {
-        exec.resume(&ws, &journal_id).await?
+    let runtime = &svc.runtime;
+    let cancel = Some(token.clone());
+    let result = if crate::executor::find_run(&ws, &journal_id).is_ok() {
+        crate::executor::resume(
+            runtime,
+            reporter,
+            crate::executor::ResumeRequest {
+                workspace: ws.clone(),
+                run_id: journal_id,
+                cancel,
+            },
+        )
+        .await?
     } else if let Some(source) = run.source_run {
         let source = svc.db(move |s| s.run(source)).await?;
         let from = source
             .journal_run_id
             .ok_or_else(|| anyhow::anyhow!("run {} has no journal to promote", source.id))?;
-        exec.promote(&ws, &from, &run.environment, Some(journal_id), approval_by(svc, run).await?)
-            .await?
+        crate::executor::promote(
+            runtime,
+            reporter,
+            crate::executor::PromoteRequest {
+                workspace: ws.clone(),
+                from_run: from,
+                environment: run.environment.clone(),
+                run_id: Some(journal_id),
+                approver: approval_by(svc, run).await?,
+                cancel,
+            },
+        )
+        .await?
     } else {
-        exec.start(crate::executor::RunRequest {
-            manifest: manifest.clone(),
-            environment: Some(run.environment.clone()),
-            run_id: Some(journal_id),
-            trigger,
-        })
+        crate::executor::start(
+            runtime,
+            reporter,
+            crate::executor::RunRequest {
+                manifest: manifest.clone(),
+                environment: Some(run.environment.clone()),
+                run_id: Some(journal_id),
+                trigger: Some(trigger),
+                lock: crate::oci::fetch::LockMode::Update,
+                cancel,
+            },
+        )
         .await?
     };
     let status = match result.status {
@@ -241,10 +266,16 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
 }
 
 /// Who approved a promotion into `run`'s environment, if it needed one.
-async fn approval_by(svc: &Service, run: &Run) -> anyhow::Result<Option<String>> {
+async fn approval_by(
+    svc: &Service,
+    run: &Run,
+) -> anyhow::Result<Option<crate::executor::Approver>> {
     let (id, env) = (run.id, run.environment.clone());
     let a = svc.db(move |s| s.approval(id, &env)).await?;
-    Ok(a.and_then(|a| a.decided_by))
+    Ok(a.and_then(|a| a.decided_by).map(|by| crate::executor::Approver {
+        by,
+        via: "gantry serve (approvals API)".into(),
+    }))
 }
 
 /// Fetch the run's commit into a fresh workspace; a half-made checkout is
@@ -278,7 +309,8 @@ async fn after_success(
     {
         let (pipeline, env, commit, id) =
             (run.pipeline.clone(), run.environment.clone(), run.commit.clone(), run.id);
-        svc.db(move |s| s.set_live(&pipeline, &env, &commit, digest.as_deref(), id).map(|_| ()))
+        let _ = pipeline;
+        svc.db(move |s| s.set_live(id, &env, &commit, digest.as_deref()).map(|_| ()))
             .await?;
     }
     let Some(next) = next_environment(svc, run).await? else {
@@ -293,10 +325,11 @@ async fn next_environment(
     run: &Run,
 ) -> anyhow::Result<Option<crate::executor::NextEnvironment>> {
     let ws = workspace_of(svc, run).await?;
-    let repo = svc
-        .repo_by_url(&run.repository)
-        .ok_or_else(|| anyhow::anyhow!("{} is no longer watched", run.repository))?;
-    crate::executor::next_environment(&ws.join(&repo.config.manifest), &run.environment)
+    let journal = run
+        .journal_run_id
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("run {} never started a journal", run.id))?;
+    crate::executor::next_environment(&ws, journal)
 }
 
 /// Promote `run` into `environment` by hand (the API's `promote`): it must
@@ -334,13 +367,13 @@ async fn queue_into(
     let new = NewRun {
         pipeline: run.pipeline.clone(),
         repository: run.repository.clone(),
-        branch: run.branch.clone(),
+        git_ref: run.git_ref.clone(),
         commit: run.commit.clone(),
         before: run.before.clone(),
         environment: next.name.clone(),
         trigger: "promotion".into(),
         source_run: Some(run.id),
-        needs_approval: next.approval,
+        needs_approval: next.approval_required,
         ..NewRun::default()
     };
     let by = by.map(str::to_string);
@@ -350,7 +383,7 @@ async fn queue_into(
             let queued = s.enqueue(&new)?;
             let mut approved = false;
             if let Some(by) = &by
-                && next.approval
+                && next.approval_required
                 && s.approval(queued.run(), &env)?
                     .is_some_and(|a| a.state == crate::queue::ApprovalState::Pending)
             {
@@ -365,7 +398,7 @@ async fn queue_into(
         queued.run(),
         run.id,
         next.name,
-        if next.approval && !approved {
+        if next.approval_required && !approved {
             format!(
                 "waits for an approval (`gantry approve {} {}`)",
                 queued.run(),
@@ -410,12 +443,6 @@ async fn prune(svc: &Arc<Service>) -> anyhow::Result<()> {
 
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(10)]
-}
-
-fn short_ref(r: &str) -> &str {
-    r.strip_prefix("refs/heads/")
-        .or_else(|| r.strip_prefix("refs/tags/"))
-        .unwrap_or(r)
 }
 
 /// What a run says goes to the service's output, one line per stage event,

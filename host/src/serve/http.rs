@@ -105,8 +105,13 @@ async fn healthz(State(svc): Svc) -> Response {
 }
 
 async fn metrics(State(svc): Svc) -> Result<Response, ApiError> {
-    let (by_status, queued) = svc.db(|s| s.metrics()).await?;
-    let text = svc.metrics.render(&by_status, queued);
+    let m = svc.db(|s| s.metrics()).await?;
+    let by_status: Vec<(String, i64)> = m
+        .runs_by_status
+        .iter()
+        .map(|(s, n)| (s.as_str().to_string(), *n as i64))
+        .collect();
+    let text = svc.metrics.render(&by_status, m.queue_depth as i64);
     Ok(([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response())
 }
 
@@ -192,13 +197,7 @@ async fn list_runs(
     };
     let filter = RunFilter {
         pipeline: q.pipeline,
-        branch: q.branch.map(|b| {
-            if b.starts_with("refs/") {
-                b
-            } else {
-                format!("refs/heads/{b}")
-            }
-        }),
+        branch: q.branch,
         status,
         limit: Some(q.limit.unwrap_or(50).min(1000)),
     };
@@ -412,7 +411,8 @@ async fn trigger_run(
             format!("`{commit}` is not a full commit id"),
         ));
     }
-    let event = crate::webhook::PushEvent::manual(&svc.repos[i].config.url, &reference, &commit, &who);
+    let event =
+        crate::webhook::PushEvent::from_refs(&svc.repos[i].config.url, &reference, None, &commit);
     let new = intake::new_run(&svc, i, &event, "manual");
     let queued = svc.db(move |s| s.enqueue(&new)).await?;
     intake::after_enqueue(&svc, std::slice::from_ref(&queued));

@@ -29,9 +29,10 @@ pub(super) fn new_run(svc: &Service, repo: usize, event: &PushEvent, trigger: &s
     NewRun {
         pipeline: r.name.clone(),
         repository: r.url.clone(),
-        branch: event.reference.clone(),
+        git_ref: event.reference.clone(),
         commit: event.after.clone(),
-        before: (!webhook::is_zero(&event.before)).then(|| event.before.clone()),
+        commit_messages: event.messages().iter().map(|m| m.to_string()).collect(),
+        before: (!event.before.bytes().all(|b| b == b'0')).then(|| event.before.clone()),
         environment: r.environment.clone(),
         trigger: trigger.to_string(),
         cancel_in_progress: r.cancel_in_progress,
@@ -73,7 +74,7 @@ pub(super) async fn accept(
     };
     let seen: Vec<(String, String)> = runs
         .iter()
-        .map(|r| (r.branch.clone(), r.commit.clone()))
+        .map(|r| (r.git_ref.clone(), r.commit.clone()))
         .collect();
     let repository = svc.repos[repo].config.url.clone();
     let outcome = svc
@@ -170,6 +171,10 @@ pub(super) async fn poll_once(svc: &Arc<Service>, repo: usize) -> anyhow::Result
         svc.debug(&format!("poll {}: first look, {n} ref(s) recorded", svc.repos[repo].config.name));
         return Ok(());
     };
+    let known: Vec<crate::git::RemoteRef> = known
+        .into_iter()
+        .map(|(name, oid)| crate::git::RemoteRef { name, oid })
+        .collect();
     let events = crate::git::diff_refs(&known, &now, &url);
     let runs: Vec<NewRun> = events
         .iter()

@@ -22,7 +22,7 @@ mod http;
 mod intake;
 mod metrics;
 
-use crate::queue::{self, Store};
+use crate::queue::{self, AsyncStore, Store};
 use crate::runtime::{Runtime, RuntimeOptions};
 use config::Loaded;
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ struct Token {
 pub struct Service {
     repos: Vec<Repo>,
     tokens: Vec<Token>,
-    db: PathBuf,
+    store: AsyncStore,
     workspaces: PathBuf,
     max_runs: usize,
     keep_workspaces: usize,
@@ -65,22 +65,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Run `f` on a connection of the store, on a blocking thread (SQLite
-    /// calls block; each call opens its own connection, which is cheap).
+    /// Run `f` on the store's connection (its own thread: SQLite calls
+    /// block). Store work only, never network or a run's stages.
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> queue::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let path = self.db.clone();
-        Ok(tokio::task::spawn_blocking(move || {
-            let mut store = Store::open(&path)?;
-            f(&mut store)
-        })
-        .await??)
-    }
-
-    fn repo(&self, name: &str) -> Option<&Repo> {
-        self.repos.iter().find(|r| r.config.name == name)
+        Ok(self.store.call(f).await?)
     }
 
     fn repo_by_url(&self, url: &str) -> Option<&Repo> {
@@ -107,7 +98,7 @@ pub async fn serve(loaded: Loaded, options: RuntimeOptions, verbose: bool) -> an
     private_dir(&workspaces)?;
     // Opening migrates, and refuses a database of a newer gantry, before
     // anything listens.
-    drop(Store::open(&db)?);
+    let store = AsyncStore::open(&db).await?;
 
     let mut repos = vec![];
     for (i, r) in loaded.config.repositories.iter().enumerate() {
@@ -174,7 +165,7 @@ pub async fn serve(loaded: Loaded, options: RuntimeOptions, verbose: bool) -> an
     let service = Arc::new(Service {
         repos,
         tokens,
-        db,
+        store,
         workspaces,
         max_runs: loaded.config.max_runs,
         keep_workspaces: loaded.config.keep_workspaces,

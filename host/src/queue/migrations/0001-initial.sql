@@ -28,6 +28,8 @@ CREATE TABLE runs (
     -- The messages of the commits the push brought, newest last (a JSON
     -- array of strings; empty for a poll, a manual run or a promotion).
     commit_messages    TEXT    NOT NULL DEFAULT '[]' CHECK (json_valid(commit_messages)),
+    -- What the ref pointed at before the push (NULL: a new ref, or unknown).
+    before_sha         TEXT,
     environment        TEXT    NOT NULL,
     trigger            TEXT    NOT NULL,  -- push, poll, manual, promotion
     -- A promotion: the finished run whose build stages it reuses.
@@ -35,7 +37,10 @@ CREATE TABLE runs (
     -- It stays queued until its approval for its environment is approved.
     needs_approval     INTEGER NOT NULL DEFAULT 0 CHECK (needs_approval IN (0, 1)),
     status             TEXT    NOT NULL CHECK (status IN
-        ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'superseded', 'rejected')),
+        ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'superseded', 'rejected',
+         'skipped')),
+    -- Why it failed or was skipped, in words.
+    detail             TEXT,
     superseded_by      INTEGER REFERENCES runs (id),
     cancel_requested   INTEGER NOT NULL DEFAULT 0 CHECK (cancel_requested IN (0, 1)),
     -- The run id of gantry's journal, so a run left running can be resumed.
@@ -85,3 +90,17 @@ CREATE TABLE deployments (
     deployed_at_ms INTEGER NOT NULL
 );
 CREATE INDEX deployments_by_environment ON deployments (pipeline, environment, id);
+
+-- What polling last saw of each watched repository (git ls-remote), so a
+-- push made while the service was down is still found; a repository with no
+-- row in polled_repositories has not been looked at yet.
+CREATE TABLE polled_repositories (
+    repository     TEXT    PRIMARY KEY,
+    polled_at_ms   INTEGER NOT NULL
+);
+CREATE TABLE remote_refs (
+    repository     TEXT    NOT NULL,
+    git_ref        TEXT    NOT NULL,
+    commit_sha     TEXT    NOT NULL,
+    PRIMARY KEY (repository, git_ref)
+);
