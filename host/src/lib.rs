@@ -18,6 +18,8 @@
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
+//! - [`triggers`] and [`webhook`]: which pushes start a run; webhook deliveries
+//!   (GitHub, Azure DevOps) authenticated and turned into push events.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -41,8 +43,10 @@ pub mod schema;
 pub mod show;
 pub mod state_dir;
 pub mod templates;
+pub mod triggers;
 pub mod units;
 pub mod vso;
+pub mod webhook;
 pub mod yaml_path;
 
 /// The WIT package this host implements; plugins must be built against a

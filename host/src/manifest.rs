@@ -40,6 +40,10 @@ pub struct Manifest {
     /// Variables for expressions (`${{ vars.NAME }}`); environments may override them.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Which pushes start a run under `gantry serve`: `push: { branches, tags,
+    /// paths, ... }` with globs. Without `on:`, every push does.
+    #[serde(default)]
+    pub on: Option<crate::triggers::Triggers>,
     /// The stages. They run as soon as the stages they `need` have succeeded.
     pub stages: Vec<Stage>,
     /// Telemetry sinks that receive the run's events.

@@ -97,6 +97,7 @@ impl Plan {
         let m = &file.manifest;
         let mut errors = vec![];
         let workspace = resolve_workspace(file, &mut errors);
+        crate::triggers::check(file, &mut errors);
         let (environment, overlay) = choose_environment(file, env, &mut errors)?;
 
         let mut variables = m.variables.clone();
