@@ -18,8 +18,8 @@
 //! - [`report`] and [`redact`]: what the user sees, with secrets masked.
 //! - [`certify`]: `gantry plugins test`, a plugin run against scripted host answers.
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
-//! - [`triggers`] and [`webhook`]: which pushes start a run; webhook deliveries
-//!   (GitHub, Azure DevOps) authenticated and turned into push events.
+//! - [`triggers`], [`webhook`] and [`git`]: which pushes start a run, webhook
+//!   deliveries (GitHub, Azure DevOps), polling and checkouts with real git.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -28,6 +28,7 @@ pub mod cli;
 pub mod expr;
 #[cfg(test)]
 mod fuzz;
+pub mod git;
 pub mod journal;
 pub mod manifest;
 pub mod nofollow;
