@@ -792,6 +792,11 @@ mod tests {
                 ("src/main.rs", "fn main() {}\n"),
             ])
         );
+        // Cheap: a blobless partial clone, file contents fetched for this tree only.
+        assert_eq!(
+            git(&at_one.dir, &["config", "remote.origin.partialclonefilter"]),
+            "blob:none"
+        );
         // Detached at the commit, nothing modified.
         assert_eq!(git(&at_one.dir, &["rev-parse", "HEAD"]), one);
         assert_eq!(git(&at_one.dir, &["status", "--porcelain"]), "");

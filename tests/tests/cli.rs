@@ -376,3 +376,68 @@ fn plugins_new_refuses_bad_names_and_non_empty_directories_and_writes_nothing() 
         out.stderr
     );
 }
+
+#[test]
+fn validate_reports_a_bad_trigger_glob_with_file_and_line() {
+    let ws = Workspace::new();
+    ws.manifest(
+        r#"pipeline: triggers
+on:
+  push:
+    branches: [main, "release/{1.x"]
+    tags: ["v*"]
+    path: ["src/**"]
+stages:
+  - name: a
+    uses: "{noop}"
+"#,
+    );
+    // An unknown key under `on.push` is a shape error, reported first.
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr
+            .contains("pipeline.yaml:6:5: unknown field `path`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("did you mean `paths`?"),
+        "{}",
+        out.stderr
+    );
+
+    ws.manifest(
+        r#"pipeline: triggers
+on:
+  push:
+    branches: [main, "release/{1.x"]
+    tags: ["v*"]
+    paths: ["src/**"]
+stages:
+  - name: a
+    uses: "{noop}"
+"#,
+    );
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains(
+            "pipeline.yaml:4:22: on.push.branches[1]: `release/{1.x` is not a valid glob"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("1 error(s) in pipeline.yaml"),
+        "{}",
+        out.stderr
+    );
+
+    // Fixed, it validates.
+    ws.manifest(
+        "pipeline: triggers\non:\n  push:\n    branches: [main, \"release/**\"]\nstages:\n  - name: a\n    uses: \"{noop}\"\n",
+    );
+    let out = ws.gantry(&["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
