@@ -127,7 +127,8 @@ fn check_promotion(file: &ManifestFile, errors: &mut Vec<ManifestError>) -> Opti
     for (i, step) in p.environments.iter().enumerate() {
         let name = &step.value.name;
         let field = format!("promotion.environments[{i}]");
-        if !envs.contains_key(name) && !(implicit_default && name == DEFAULT_ENVIRONMENT) {
+        let defined = envs.contains_key(name) || (implicit_default && name == DEFAULT_ENVIRONMENT);
+        if !defined {
             let near = closest(name, envs.keys().map(String::as_str));
             errors.push(file.error(
                 &step.referenced,

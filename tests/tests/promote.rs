@@ -218,7 +218,20 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
         "build's plugin was never started: {recs:#?}"
     );
 
-    // Production requires approval: a promotion by hand is one, recorded.
+    // Production requires approval: without anyone to name, nothing runs.
+    let nobody = ci_free(ws.command(&["promote", &docker_id, "production"]))
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        stderr.contains("environment `production` requires approval before run"),
+        "{stderr}"
+    );
+    assert_eq!(ws.runs_dir().unwrap().read_dir().unwrap().count(), 2);
+    // A promotion by hand is the approval, recorded with who and when.
     let (out, prod) = run_json(
         &ws,
         &[
