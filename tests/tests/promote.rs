@@ -387,3 +387,30 @@ fn an_interrupted_promotion_resumes_without_rerunning_finished_stages() {
         );
     }
 }
+
+#[test]
+fn promote_refuses_when_a_reused_stage_s_plugin_changed() {
+    let ws = Workspace::new();
+    let echo = std::fs::read(gantry_e2e::plugin("echo")).unwrap();
+    ws.write("plug.wasm", &echo);
+    ws.manifest(&CD.replacen("uses: \"{echo}\"", "uses: plug.wasm", 1));
+    let (out, first) = run_json(&ws, &["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // The same plugin with a custom section appended (id 0, 5 bytes: the
+    // name `test`, no payload): it behaves alike, but is other bytes.
+    let mut other = echo.clone();
+    other.extend_from_slice(b"\x00\x05\x04test");
+    ws.write("plug.wasm", &other);
+    let out = gantry(&ws, &["promote", &id(&first), "docker"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "the plugin of reused stage `build` (plug.wasm) changed since run `{}`",
+            id(&first)
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ran(&ws, "build"), 1);
+    assert_eq!(ran(&ws, "deploy"), 1, "nothing of the promotion ran");
+}
