@@ -138,6 +138,15 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
     let ws = Workspace::new();
     ws.manifest(CD);
     git_init(&ws);
+    let out = gantry(&ws, &["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains(
+            "promotion: default → docker → production (approval required); reused: build"
+        ),
+        "{}",
+        out.stdout
+    );
     let (out, first) = run_json(&ws, &["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     let first_id = id(&first);
@@ -273,6 +282,17 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
 #[test]
 fn promote_refuses_an_unknown_run_a_failed_one_and_a_changed_manifest() {
     let ws = Workspace::new();
+    // A chain that cannot work is caught before anything runs.
+    ws.manifest(&CD.replace("reuse: [build]", "reuse: [deploy]"));
+    let out = gantry(&ws, &["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "pipeline.yaml:23:11: promotion.reuse[0]: `deploy` is reused, but it needs `build`, which is not"
+        ),
+        "{}",
+        out.stderr
+    );
     let out = gantry(&ws, &["promote", "nope-0000", "docker"]);
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("no run `nope-0000`"), "{}", out.stderr);
