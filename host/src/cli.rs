@@ -792,6 +792,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     unit.grants.describe().join("; ")
                 );
             }
+            if let Some(chain) = &plan.promotion {
+                out!(
+                    "  promotion: {}; reused: {}",
+                    chain.describe(),
+                    if chain.reuse.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        chain.reuse.join(", ")
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan {

@@ -248,7 +248,8 @@ pub async fn promote(
             ts_ms: crate::capabilities::telemetry::now_ms(),
         }),
         (true, None) => anyhow::bail!(
-            "environment `{}` requires approval before run `{from}` is promoted into it",
+            "environment `{}` requires approval before run `{from}` is promoted into it; \
+             say who approves (`gantry promote --by NAME`)",
             next.name
         ),
     };

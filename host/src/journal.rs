@@ -236,6 +236,38 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
+    fn journals_of_older_versions_still_read() {
+        // Written before branch, commit messages, promotion and reuse existed.
+        let started: Record = serde_json::from_str(
+            r#"{"event":"run-started","run_id":"r","pipeline":"p","environment":"default","manifest":"/m.yaml","manifest_sha256":"00","commit":null,"ts_ms":1}"#,
+        )
+        .unwrap();
+        let Record::RunStarted {
+            branch,
+            commit_messages,
+            promoted_from,
+            approval,
+            ..
+        } = started
+        else {
+            panic!("{started:?}")
+        };
+        assert_eq!((branch, promoted_from, approval), (None, None, None));
+        assert!(commit_messages.is_empty());
+        let finished: Record = serde_json::from_str(
+            r#"{"event":"stage-finished","stage":"a","status":"succeeded","detail":"","duration_ms":1,"outputs":[],"artifacts":[],"denials":[],"ts_ms":2}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            finished,
+            Record::StageFinished {
+                reused_from: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let root = tempfile::tempdir().unwrap();
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();

@@ -127,7 +127,8 @@ fn check_promotion(file: &ManifestFile, errors: &mut Vec<ManifestError>) -> Opti
     for (i, step) in p.environments.iter().enumerate() {
         let name = &step.value.name;
         let field = format!("promotion.environments[{i}]");
-        if !envs.contains_key(name) && !(implicit_default && name == DEFAULT_ENVIRONMENT) {
+        let defined = envs.contains_key(name) || (implicit_default && name == DEFAULT_ENVIRONMENT);
+        if !defined {
             let near = closest(name, envs.keys().map(String::as_str));
             errors.push(file.error(
                 &step.referenced,
@@ -987,7 +988,10 @@ mod tests {
     use serde_json::json;
 
     fn plan_errors(yaml: &str) -> String {
-        let file = ManifestFile::parse(std::path::Path::new("pipeline.yaml"), yaml.into()).unwrap();
+        let file = match ManifestFile::parse(std::path::Path::new("pipeline.yaml"), yaml.into()) {
+            Ok(f) => f,
+            Err(e) => return e.to_string(),
+        };
         match Plan::new(&file, None) {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
@@ -1033,9 +1037,9 @@ mod tests {
 
     const CHAIN: &str = "pipeline: p
 stages:
-  - { name: test, uses: noop }
-  - { name: image, uses: noop, needs: [test] }
-  - { name: deploy, uses: noop, needs: [image] }
+  - { name: test, uses: command }
+  - { name: image, uses: command, needs: [test] }
+  - { name: deploy, uses: command, needs: [image] }
 environments:
   default: { default: true }
   docker: {}
@@ -1059,7 +1063,7 @@ environments:
         assert!(chain.next("production").is_none());
         assert!(chain.next("nowhere").is_none());
         // `default` needs no definition while no environment is marked default.
-        let implicit = "pipeline: p\nstages:\n  - { name: a, uses: noop }\nenvironments:\n  docker: {}\npromotion: { reuse: [a], environments: [default, docker] }\n";
+        let implicit = "pipeline: p\nstages:\n  - { name: a, uses: command }\nenvironments:\n  docker: {}\npromotion: { reuse: [a], environments: [default, docker] }\n";
         assert_eq!(plan_errors(implicit), "");
     }
 

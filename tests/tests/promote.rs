@@ -138,6 +138,15 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
     let ws = Workspace::new();
     ws.manifest(CD);
     git_init(&ws);
+    let out = gantry(&ws, &["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains(
+            "promotion: default → docker → production (approval required); reused: build"
+        ),
+        "{}",
+        out.stdout
+    );
     let (out, first) = run_json(&ws, &["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     let first_id = id(&first);
@@ -218,7 +227,20 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
         "build's plugin was never started: {recs:#?}"
     );
 
-    // Production requires approval: a promotion by hand is one, recorded.
+    // Production requires approval: without anyone to name, nothing runs.
+    let nobody = ci_free(ws.command(&["promote", &docker_id, "production"]))
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        stderr.contains("environment `production` requires approval before run"),
+        "{stderr}"
+    );
+    assert_eq!(ws.runs_dir().unwrap().read_dir().unwrap().count(), 2);
+    // A promotion by hand is the approval, recorded with who and when.
     let (out, prod) = run_json(
         &ws,
         &[
@@ -260,6 +282,17 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
 #[test]
 fn promote_refuses_an_unknown_run_a_failed_one_and_a_changed_manifest() {
     let ws = Workspace::new();
+    // A chain that cannot work is caught before anything runs.
+    ws.manifest(&CD.replace("reuse: [build]", "reuse: [deploy]"));
+    let out = gantry(&ws, &["validate", "pipeline.yaml"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "pipeline.yaml:23:11: promotion.reuse[0]: `deploy` is reused, but it needs `build`, which is not"
+        ),
+        "{}",
+        out.stderr
+    );
     let out = gantry(&ws, &["promote", "nope-0000", "docker"]);
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("no run `nope-0000`"), "{}", out.stderr);
@@ -373,4 +406,31 @@ fn an_interrupted_promotion_resumes_without_rerunning_finished_stages() {
             "{s} finished once: {recs:#?}"
         );
     }
+}
+
+#[test]
+fn promote_refuses_when_a_reused_stage_s_plugin_changed() {
+    let ws = Workspace::new();
+    let echo = std::fs::read(gantry_e2e::plugin("echo")).unwrap();
+    ws.write("plug.wasm", &echo);
+    ws.manifest(&CD.replacen("uses: \"{echo}\"", "uses: plug.wasm", 1));
+    let (out, first) = run_json(&ws, &["run", "pipeline.yaml", "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // The same plugin with a custom section appended (id 0, 5 bytes: the
+    // name `test`, no payload): it behaves alike, but is other bytes.
+    let mut other = echo.clone();
+    other.extend_from_slice(b"\x00\x05\x04test");
+    ws.write("plug.wasm", &other);
+    let out = gantry(&ws, &["promote", &id(&first), "docker"]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.stderr.contains(&format!(
+            "the plugin of reused stage `build` (plug.wasm) changed since run `{}`",
+            id(&first)
+        )),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ran(&ws, "build"), 1);
+    assert_eq!(ran(&ws, "deploy"), 1, "nothing of the promotion ran");
 }
