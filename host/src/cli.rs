@@ -389,7 +389,12 @@ struct ServeArgs {
     #[arg(long, value_name = "URL", required_unless_present = "config")]
     repo: Option<String>,
     /// With --repo: the manifest's path inside the repository.
-    #[arg(long, value_name = "PATH", default_value = "pipeline.yaml", requires = "repo")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "pipeline.yaml",
+        requires = "repo"
+    )]
     manifest: String,
     /// With --repo: the name in webhook URLs.
     #[arg(long, value_name = "NAME", requires = "repo")]
@@ -398,7 +403,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ENV", default_value = "default", requires = "repo")]
     environment: String,
     /// With --repo: how often to poll (`30s`, `5m`, `off`).
-    #[arg(long, value_name = "INTERVAL", default_value = "60s", requires = "repo")]
+    #[arg(
+        long,
+        value_name = "INTERVAL",
+        default_value = "60s",
+        requires = "repo"
+    )]
     poll: String,
     /// With --repo: accept GitHub webhooks signed with the secret in this
     /// environment variable.
@@ -408,10 +418,20 @@ struct ServeArgs {
     #[arg(long, value_name = "VAR", requires = "repo")]
     token_env: Option<String>,
     /// With --repo: the address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8700", requires = "repo")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8700",
+        requires = "repo"
+    )]
     listen: String,
     /// With --repo: the data directory (database, workspaces).
-    #[arg(long, value_name = "DIR", default_value = ".gantry-serve", requires = "repo")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = ".gantry-serve",
+        requires = "repo"
+    )]
     data: PathBuf,
 }
 
@@ -423,7 +443,11 @@ impl ServeArgs {
         }
         let url = self.repo.expect("clap requires --repo without --config");
         let name = self.name.unwrap_or_else(|| {
-            let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("repo");
+            let last = url
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("repo");
             last.strip_suffix(".git").unwrap_or(last).to_string()
         });
         let config = ServeConfig {
@@ -1617,9 +1641,9 @@ async fn server_runs(server: &str) -> anyhow::Result<ExitCode> {
 /// until the run ends; without a stage, the run's stages.
 async fn server_logs(server: &str, run: &str, stage: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = crate::serve::client::ApiClient::new(server)?;
-    let id: i64 = run
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{run}`: with --server, a run is the service's run number"))?;
+    let id: i64 = run.parse().map_err(|_| {
+        anyhow::anyhow!("`{run}`: with --server, a run is the service's run number")
+    })?;
     let Some(stage) = stage else {
         let v = client.get(&format!("/api/v1/runs/{id}")).await?;
         for s in v["stages"].as_array().cloned().unwrap_or_default() {

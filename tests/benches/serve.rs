@@ -36,7 +36,10 @@ fn manifest(stages: usize) -> String {
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
 }
 
 fn median(mut v: Vec<u128>) -> u128 {
@@ -58,7 +61,12 @@ fn first_stage_started_ms(serve: &Serve, journal: &str) -> u128 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for ws in std::fs::read_dir(&all).into_iter().flatten() {
-            let j = ws.unwrap().path().join("runs").join(journal).join("journal.jsonl");
+            let j = ws
+                .unwrap()
+                .path()
+                .join("runs")
+                .join(journal)
+                .join("journal.jsonl");
             if let Ok(text) = std::fs::read_to_string(&j) {
                 for line in text.lines() {
                     let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -111,7 +119,8 @@ fn main() {
         let id = r.json()["runs"][0].as_i64().unwrap();
         let done = serve.wait_run(id, Duration::from_secs(120));
         assert_eq!(done["run"]["status"], "succeeded", "{done}");
-        let started = first_stage_started_ms(&serve, done["run"]["journal_run_id"].as_str().unwrap());
+        let started =
+            first_stage_started_ms(&serve, done["run"]["journal_run_id"].as_str().unwrap());
         // The first push also compiles the plugin: a warm-up, not counted.
         if i > 0 {
             latencies.push(started.saturating_sub(t0));

@@ -29,8 +29,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -116,7 +115,10 @@ impl Serve {
                 return line.to_string();
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("gantry serve exited ({status}) before `{needle}`:\n{}", self.log());
+                panic!(
+                    "gantry serve exited ({status}) before `{needle}`:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -158,7 +160,10 @@ impl Serve {
         self.http(
             method,
             path,
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             body.as_bytes(),
         )
     }
@@ -221,7 +226,13 @@ impl Drop for Serve {
 }
 
 /// One HTTP/1.1 request over a fresh connection (`connection: close`).
-pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut head = format!(
@@ -243,7 +254,10 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], b
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -275,7 +289,13 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// A GitHub push payload for `reference` moving `before` -> `after`.
-pub fn github_push(clone_url: &str, reference: &str, before: &str, after: &str, message: &str) -> String {
+pub fn github_push(
+    clone_url: &str,
+    reference: &str,
+    before: &str,
+    after: &str,
+    message: &str,
+) -> String {
     serde_json::json!({
         "ref": reference,
         "before": before,

@@ -83,7 +83,12 @@ fn repo(daemon: &GitDaemon) -> (String, WorkClone, String) {
     (url, work, commit)
 }
 
-fn deliver(serve: &Serve, id: &str, body: &str, signature: Option<&str>) -> gantry_e2e::serve::Reply {
+fn deliver(
+    serve: &Serve,
+    id: &str,
+    body: &str,
+    signature: Option<&str>,
+) -> gantry_e2e::serve::Reply {
     let mut headers = vec![
         ("content-type", "application/json"),
         ("x-github-event", "push"),
@@ -111,12 +116,21 @@ fn a_signed_push_runs_once_a_redelivery_runs_nothing_and_a_forged_one_is_refused
     let body = github_push(&url, "refs/heads/main", ZERO, &commit, "add the pipeline");
 
     // Forged: no signature, a wrong one, one over another body.
-    for sig in [None, Some("sha256=00"), Some(&*github_signature("wrong", body.as_bytes()))] {
+    for sig in [
+        None,
+        Some("sha256=00"),
+        Some(&*github_signature("wrong", body.as_bytes())),
+    ] {
         let r = deliver(&serve, "d-forged", &body, sig);
         assert_eq!(r.status, 401, "{sig:?}: {}", r.body);
     }
     let tampered = body.replace("add the pipeline", "tampered");
-    let r = deliver(&serve, "d-forged", &tampered, Some(&github_signature(SECRET, body.as_bytes())));
+    let r = deliver(
+        &serve,
+        "d-forged",
+        &tampered,
+        Some(&github_signature(SECRET, body.as_bytes())),
+    );
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(serve.runs().is_empty(), "a refused delivery queued a run");
 
@@ -129,7 +143,10 @@ fn a_signed_push_runs_once_a_redelivery_runs_nothing_and_a_forged_one_is_refused
             ("content-type", "application/json"),
             ("x-github-event", "ping"),
             ("x-github-delivery", "d-ping"),
-            ("x-hub-signature-256", &github_signature(SECRET, ping.as_bytes())),
+            (
+                "x-hub-signature-256",
+                &github_signature(SECRET, ping.as_bytes()),
+            ),
         ],
         ping.as_bytes(),
     );
@@ -141,7 +158,12 @@ fn a_signed_push_runs_once_a_redelivery_runs_nothing_and_a_forged_one_is_refused
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["runs"][0].as_i64().unwrap();
     let done = serve.wait_run(id, LONG);
-    assert_eq!(done["run"]["status"], "succeeded", "{done}\n{}", serve.log());
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
     assert_eq!(done["run"]["commit"], commit.as_str());
     assert_eq!(done["run"]["trigger"], "push");
     let stages: Vec<&str> = done["stages"]
@@ -162,7 +184,12 @@ fn a_signed_push_runs_once_a_redelivery_runs_nothing_and_a_forged_one_is_refused
 
     // A deleted ref is ignored.
     let delete = github_push(&url, "refs/heads/main", &commit, ZERO, "");
-    let r = deliver(&serve, "d-2", &delete, Some(&github_signature(SECRET, delete.as_bytes())));
+    let r = deliver(
+        &serve,
+        "d-2",
+        &delete,
+        Some(&github_signature(SECRET, delete.as_bytes())),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["outcome"], "ignored");
 }
@@ -199,7 +226,10 @@ fn polling_picks_up_a_push_whose_webhook_was_lost_and_skip_ci_is_honoured() {
     let done = serve.wait_run(run["id"].as_i64().unwrap(), LONG);
     assert_eq!(done["run"]["status"], "skipped", "{done}");
     assert!(
-        done["run"]["detail"].as_str().unwrap_or("").contains("experiment"),
+        done["run"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("experiment"),
         "{done}"
     );
 }
@@ -258,14 +288,23 @@ fn the_api_needs_a_token() {
     assert_eq!(serve.http("GET", "/api/v1/runs", &[], b"").status, 401);
     assert_eq!(
         serve
-            .http("GET", "/api/v1/runs", &[("authorization", "Bearer not-the-token")], b"")
+            .http(
+                "GET",
+                "/api/v1/runs",
+                &[("authorization", "Bearer not-the-token")],
+                b""
+            )
             .status,
         401
     );
     assert_eq!(serve.http("GET", "/healthz", &[], b"").status, 200);
     let metrics = serve.http("GET", "/metrics", &[], b"");
     assert_eq!(metrics.status, 200);
-    assert!(metrics.body.contains("gantry_queue_depth"), "{}", metrics.body);
+    assert!(
+        metrics.body.contains("gantry_queue_depth"),
+        "{}",
+        metrics.body
+    );
 }
 
 #[test]
@@ -296,7 +335,12 @@ fn sigkill_mid_run_then_restart_completes_the_run_without_rerunning_finished_sta
     serve.restart();
     serve.wait_for_log(&format!("run {id}: left running"), LONG);
     let done = serve.wait_run(id, LONG);
-    assert_eq!(done["run"]["status"], "succeeded", "{done}\n{}", serve.log());
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
     assert_eq!(done["run"]["commit"], commit.as_str());
     // build ran once: its line is in the trace once, and the journal has one
     // completion for it.
@@ -305,7 +349,9 @@ fn sigkill_mid_run_then_restart_completes_the_run_without_rerunning_finished_sta
     assert_eq!(trace.matches("build").count(), 1, "{trace}");
     let journal = journal_text(&serve, done["run"]["journal_run_id"].as_str().unwrap());
     assert_eq!(
-        journal.matches(r#""event":"stage-finished","stage":"build""#).count(),
+        journal
+            .matches(r#""event":"stage-finished","stage":"build""#)
+            .count(),
         1,
         "{journal}"
     );
@@ -316,7 +362,12 @@ fn sigkill_mid_run_then_restart_completes_the_run_without_rerunning_finished_sta
 fn journal_text(serve: &Serve, journal_id: &str) -> String {
     let all = serve.state_root().join("workspaces");
     for ws in std::fs::read_dir(&all).unwrap() {
-        let j = ws.unwrap().path().join("runs").join(journal_id).join("journal.jsonl");
+        let j = ws
+            .unwrap()
+            .path()
+            .join("runs")
+            .join(journal_id)
+            .join("journal.jsonl");
         if let Ok(text) = std::fs::read_to_string(&j) {
             return text;
         }
@@ -340,20 +391,33 @@ fn promotion_reuses_the_build_waits_for_approval_and_a_rejection_never_deploys()
     };
     let first = work.head();
     let ci = trigger(&first);
-    assert_eq!(serve.wait_run(ci, LONG)["run"]["status"], "succeeded");
+    let done = serve.wait_run(ci, LONG);
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
     // staging follows by itself, reusing build.
     let staging = serve.wait_for_run(LONG, |r| r["environment"] == "staging");
     assert_eq!(staging["trigger"], "promotion");
     assert_eq!(staging["source_run"], ci);
     let staging = serve.wait_run(staging["id"].as_i64().unwrap(), LONG);
-    assert_eq!(staging["run"]["status"], "succeeded", "{staging}\n{}", serve.log());
+    assert_eq!(
+        staging["run"]["status"],
+        "succeeded",
+        "{staging}\n{}",
+        serve.log()
+    );
     let build = &staging["stages"][0];
     assert_eq!(build["name"], "build");
     // production waits for an approval.
     let prod = serve.wait_for_run(LONG, |r| r["environment"] == "production");
     let prod_id = prod["id"].as_i64().unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let shown = serve.api("GET", &format!("/api/v1/runs/{prod_id}"), None).json();
+    let shown = serve
+        .api("GET", &format!("/api/v1/runs/{prod_id}"), None)
+        .json();
     assert_eq!(shown["run"]["status"], "queued", "{shown}");
     assert_eq!(shown["approval"]["state"], "pending", "{shown}");
 
@@ -376,7 +440,10 @@ fn promotion_reuses_the_build_waits_for_approval_and_a_rejection_never_deploys()
     // deploy and gate once in each environment.
     let ws = serve.data().join("workspaces").join(ci.to_string());
     let trace = std::fs::read_to_string(ws.join("trace.txt")).unwrap();
-    assert_eq!(trace.lines().collect::<Vec<_>>(), ["build", "deploy", "gate", "deploy", "gate"]);
+    assert_eq!(
+        trace.lines().collect::<Vec<_>>(),
+        ["build", "deploy", "gate", "deploy", "gate"]
+    );
 
     // A second commit, approved this time.
     let second = work.commit(&[("app.txt", "v2")], "v2");
@@ -394,7 +461,12 @@ fn promotion_reuses_the_build_waits_for_approval_and_a_rejection_never_deploys()
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let done = serve.wait_run(prod2, LONG);
-    assert_eq!(done["run"]["status"], "succeeded", "{done}\n{}", serve.log());
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
 
     // What is live where: production has the second commit, by run prod2.
     let envs = serve.api("GET", "/api/v1/environments", None).json();
@@ -431,12 +503,22 @@ fn a_failed_gate_stops_promotion() {
         Some(serde_json::json!({ "repository": "svc", "ref": "main", "commit": commit })),
     );
     let ci = r.json()["run"].as_i64().unwrap();
-    assert_eq!(serve.wait_run(ci, LONG)["run"]["status"], "succeeded");
+    let done = serve.wait_run(ci, LONG);
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
     let staging = serve.wait_for_run(LONG, |r| r["environment"] == "staging");
     let staging = serve.wait_run(staging["id"].as_i64().unwrap(), LONG);
     assert_eq!(staging["run"]["status"], "failed", "{staging}");
     std::thread::sleep(Duration::from_secs(3));
-    assert!(runs_of(&serve, "production").is_empty(), "{:?}", serve.runs());
+    assert!(
+        runs_of(&serve, "production").is_empty(),
+        "{:?}",
+        serve.runs()
+    );
     let envs = serve.api("GET", "/api/v1/environments", None).json();
     assert!(
         !envs["environments"]

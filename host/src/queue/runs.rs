@@ -502,7 +502,12 @@ impl Store {
             }
             tx.execute(
                 "UPDATE runs SET status = ?2, finished_at_ms = ?3, detail = ?4 WHERE id = ?1",
-                params![run, status, now_ms(), (!detail.is_empty()).then_some(detail)],
+                params![
+                    run,
+                    status,
+                    now_ms(),
+                    (!detail.is_empty()).then_some(detail)
+                ],
             )
             .map_err(|e| ctx.sql(e))?;
             get_run(tx, ctx, run)

@@ -1431,6 +1431,7 @@ fn metrics_count_runs_by_status_and_the_queue() {
             (RunStatus::Cancelled, 1),
             (RunStatus::Superseded, 1),
             (RunStatus::Rejected, 0),
+            (RunStatus::Skipped, 0),
         ])
     );
     assert_eq!(m.runs(RunStatus::Running), 1);
@@ -1593,4 +1594,72 @@ fn a_call_waiting_for_the_lock_does_not_block_the_runtime() {
             RunStatus::Queued
         );
     });
+}
+
+#[test]
+fn polling_remembers_refs_and_never_queues_a_push_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let repo = "https://git.example/app.git";
+    assert_eq!(store.remote_refs(repo).unwrap(), None, "never polled");
+    // A webhook before the first poll records nothing for the poller.
+    store
+        .note_refs(repo, &[("refs/heads/main".into(), "c0".into())])
+        .unwrap();
+    assert_eq!(store.remote_refs(repo).unwrap(), None);
+    let first = vec![("refs/heads/main".to_string(), "c1".to_string())];
+    assert!(store.record_poll(repo, &first, &[]).unwrap().is_empty());
+    assert_eq!(store.remote_refs(repo).unwrap(), Some(first));
+
+    // A push already queued by a webhook is not queued again by a poll...
+    let pushed = queued(&mut store, &run("app", "refs/heads/main", "ci", "c2"));
+    let poll = NewRun {
+        trigger: "poll".into(),
+        ..run("app", "refs/heads/main", "ci", "c2")
+    };
+    let now = vec![
+        ("refs/heads/main".to_string(), "c2".to_string()),
+        ("refs/heads/dev".to_string(), "d1".to_string()),
+    ];
+    let dev = NewRun {
+        trigger: "poll".into(),
+        ..run("app", "refs/heads/dev", "ci", "d1")
+    };
+    let q = store.record_poll(repo, &now, &[poll.clone(), dev]).unwrap();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_ne!(q[0].run(), pushed);
+    assert_eq!(store.run(q[0].run()).unwrap().git_ref, "refs/heads/dev");
+    let mut sorted = now.clone();
+    sorted.sort();
+    assert_eq!(store.remote_refs(repo).unwrap(), Some(sorted));
+    // ...not even after it finished.
+    let claimed = store.claim_next(5).unwrap().unwrap();
+    store
+        .finish_with(claimed.id, RunStatus::Skipped, "no trigger matched")
+        .unwrap();
+    assert_eq!(
+        store.run(claimed.id).unwrap().detail.as_deref(),
+        Some("no trigger matched")
+    );
+    assert!(store.record_poll(repo, &now, &[poll]).unwrap().is_empty());
+
+    // A webhook's push moves the remembered ref, so the poller does not see it as new.
+    store
+        .note_refs(repo, &[("refs/heads/main".into(), "c3".into())])
+        .unwrap();
+    assert!(
+        store
+            .remote_refs(repo)
+            .unwrap()
+            .unwrap()
+            .contains(&("refs/heads/main".to_string(), "c3".to_string()))
+    );
+    // Unfinished runs: the dev poll and nothing else.
+    let open_runs: Vec<i64> = store
+        .unfinished_runs()
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(open_runs.len(), 1, "{open_runs:?}");
 }

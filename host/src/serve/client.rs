@@ -68,7 +68,9 @@ impl ApiClient {
             .http
             .request(req.body(Full::new(body))?)
             .await
-            .map_err(|e| anyhow::anyhow!("{method} {url}: {e} (is `gantry serve` running there?)"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("{method} {url}: {e} (is `gantry serve` running there?)")
+            })?;
         if resp.status().is_success() {
             return Ok(resp);
         }

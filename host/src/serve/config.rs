@@ -177,7 +177,10 @@ impl Loaded {
         if config.listen.parse::<std::net::SocketAddr>().is_err() {
             err(
                 "listen".into(),
-                format!("`{}` is not an address such as 127.0.0.1:8700", config.listen),
+                format!(
+                    "`{}` is not an address such as 127.0.0.1:8700",
+                    config.listen
+                ),
             );
         }
         let mut poll = vec![];
@@ -193,7 +196,10 @@ impl Loaded {
             {
                 err(
                     format!("{at}.name"),
-                    format!("`{}` is not a name of letters, digits, `-`, `_`, `.`", r.name),
+                    format!(
+                        "`{}` is not a name of letters, digits, `-`, `_`, `.`",
+                        r.name
+                    ),
                 );
             }
             if !names.insert(r.name.clone()) {
@@ -209,7 +215,10 @@ impl Loaded {
             {
                 err(
                     format!("{at}.manifest"),
-                    format!("`{}` must be a relative path inside the repository", r.manifest),
+                    format!(
+                        "`{}` must be a relative path inside the repository",
+                        r.manifest
+                    ),
                 );
             }
             poll.push(match r.poll.as_str() {
@@ -249,7 +258,12 @@ impl Loaded {
         if !errors.is_empty() {
             return Err(ManifestErrors(errors));
         }
-        let data = base.join(config.data.clone().unwrap_or_else(|| ".gantry-serve".into()));
+        let data = base.join(
+            config
+                .data
+                .clone()
+                .unwrap_or_else(|| ".gantry-serve".into()),
+        );
         Ok(Loaded {
             config,
             base,

@@ -88,10 +88,14 @@ pub(super) async fn execute(svc: Arc<Service>, run: Run) {
     }
     let (status, detail) = (ended.status, ended.detail.clone());
     let id = run.id;
-    match svc.db(move |s| s.finish_with(id, status, &detail)).await {
-        Ok(_) => {}
-        Err(e) => svc.say(&format!("run {id}: cannot record its end: {e:#}")),
-    }
+    // As recorded now (with its journal id, which the claimed copy lacks).
+    let run = match svc.db(move |s| s.finish_with(id, status, &detail)).await {
+        Ok(r) => r,
+        Err(e) => {
+            svc.say(&format!("run {id}: cannot record its end: {e:#}"));
+            run
+        }
+    };
     svc.say(&format!(
         "run {id} [{} {} {}]: {}{}",
         run.pipeline,
@@ -156,10 +160,9 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
     }
     if !promotion && run.journal_run_id.is_none() {
         // Whether the manifest at this commit wants this push.
-        let file = crate::manifest::ManifestFile::load(&manifest)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let rules =
-            crate::triggers::PushRules::new(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file =
+            crate::manifest::ManifestFile::load(&manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rules = crate::triggers::PushRules::new(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
         let decision = rules.decide(&event);
         if !decision.run {
             return Ok(Ended {
@@ -191,7 +194,10 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
     messages.reverse();
     let trigger = crate::pipeline::Trigger {
         commit: Some(run.commit.clone()),
-        branch: run.git_ref.starts_with("refs/heads/").then(|| run.branch.clone()),
+        branch: run
+            .git_ref
+            .starts_with("refs/heads/")
+            .then(|| run.branch.clone()),
         reference: Some(run.git_ref.clone()),
         messages,
         repository: Some(run.repository.clone()),
@@ -272,10 +278,11 @@ async fn approval_by(
 ) -> anyhow::Result<Option<crate::executor::Approver>> {
     let (id, env) = (run.id, run.environment.clone());
     let a = svc.db(move |s| s.approval(id, &env)).await?;
-    Ok(a.and_then(|a| a.decided_by).map(|by| crate::executor::Approver {
-        by,
-        via: "gantry serve (approvals API)".into(),
-    }))
+    Ok(a.and_then(|a| a.decided_by)
+        .map(|by| crate::executor::Approver {
+            by,
+            via: "gantry serve (approvals API)".into(),
+        }))
 }
 
 /// Fetch the run's commit into a fresh workspace; a half-made checkout is
@@ -307,8 +314,12 @@ async fn after_success(
 ) -> anyhow::Result<()> {
     let digest = result.and_then(image_digest);
     {
-        let (pipeline, env, commit, id) =
-            (run.pipeline.clone(), run.environment.clone(), run.commit.clone(), run.id);
+        let (pipeline, env, commit, id) = (
+            run.pipeline.clone(),
+            run.environment.clone(),
+            run.commit.clone(),
+            run.id,
+        );
         let _ = pipeline;
         svc.db(move |s| s.set_live(id, &env, &commit, digest.as_deref()).map(|_| ()))
             .await?;
@@ -387,7 +398,13 @@ async fn queue_into(
                 && s.approval(queued.run(), &env)?
                     .is_some_and(|a| a.state == crate::queue::ApprovalState::Pending)
             {
-                s.decide_approval(queued.run(), &env, crate::queue::Decision::Approve, by, Some("promoted by hand"))?;
+                s.decide_approval(
+                    queued.run(),
+                    &env,
+                    crate::queue::Decision::Approve,
+                    by,
+                    Some("promoted by hand"),
+                )?;
                 approved = true;
             }
             Ok((queued, approved))

@@ -95,7 +95,9 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
 
 async fn healthz(State(svc): Svc) -> Response {
     match svc.db(|_| Ok(())).await {
-        Ok(()) => Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response(),
+        Ok(()) => {
+            Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "unavailable", "error": format!("{e:#}") })),
@@ -122,7 +124,10 @@ async fn github_hook(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(i) = svc.repos.iter().position(|r| r.config.name == repo) else {
-        return Err(bad(StatusCode::NOT_FOUND, format!("no repository `{repo}` is watched")));
+        return Err(bad(
+            StatusCode::NOT_FOUND,
+            format!("no repository `{repo}` is watched"),
+        ));
     };
     let Some(secret) = &svc.repos[i].github_secret else {
         return Err(bad(
@@ -150,7 +155,10 @@ async fn azure_devops_hook(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(i) = svc.repos.iter().position(|r| r.config.name == repo) else {
-        return Err(bad(StatusCode::NOT_FOUND, format!("no repository `{repo}` is watched")));
+        return Err(bad(
+            StatusCode::NOT_FOUND,
+            format!("no repository `{repo}` is watched"),
+        ));
     };
     let Some(auth) = &svc.repos[i].azure_devops else {
         return Err(bad(
@@ -191,7 +199,10 @@ async fn list_runs(
     caller(&svc, &headers)?;
     let status = match q.status.as_deref() {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            bad(StatusCode::BAD_REQUEST, format!("`status={s}` is not a run status"))
+            bad(
+                StatusCode::BAD_REQUEST,
+                format!("`status={s}` is not a run status"),
+            )
         })?),
         None => None,
     };
@@ -200,6 +211,7 @@ async fn list_runs(
         branch: q.branch,
         status,
         limit: Some(q.limit.unwrap_or(50).min(1000)),
+        ..Default::default()
     };
     let runs = svc.db(move |s| s.runs(&filter)).await?;
     Ok(Json(json!({ "runs": runs })).into_response())
@@ -251,11 +263,23 @@ fn stages_of(dir: &crate::state_dir::PrivateDir) -> anyhow::Result<Vec<serde_jso
     let mut stages: Vec<serde_json::Value> = vec![];
     for r in records {
         match r {
-            Record::StageStarted { stage, attempt, ts_ms, .. } => {
+            Record::StageStarted {
+                stage,
+                attempt,
+                ts_ms,
+                ..
+            } => {
                 stages.retain(|s| s["name"] != stage.as_str());
                 stages.push(json!({ "name": stage, "status": "running", "attempt": attempt, "started_ms": ts_ms }));
             }
-            Record::StageFinished { stage, status, detail, duration_ms, outputs, .. } => {
+            Record::StageFinished {
+                stage,
+                status,
+                detail,
+                duration_ms,
+                outputs,
+                ..
+            } => {
                 stages.retain(|s| s["name"] != stage.as_str());
                 let outputs: serde_json::Map<String, serde_json::Value> =
                     outputs.into_iter().map(|(k, v)| (k, v.into())).collect();
@@ -276,7 +300,10 @@ async fn stream_log(
 ) -> Result<Response, ApiError> {
     caller(&svc, &headers)?;
     if stage.is_empty() || stage.contains(['/', '\\']) || stage.starts_with('.') {
-        return Err(bad(StatusCode::BAD_REQUEST, format!("`{stage}` is not a stage name")));
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            format!("`{stage}` is not a stage name"),
+        ));
     }
     let run = svc.db(move |s| s.run(id)).await?;
     let svc2 = svc.clone();
@@ -321,7 +348,8 @@ async fn stream_log(
                     t.pending.push_str(&String::from_utf8_lossy(&bytes));
                     while let Some(i) = t.pending.find('\n') {
                         let line: String = t.pending.drain(..=i).collect();
-                        t.out.push_back(Event::default().data(line.trim_end_matches('\n')));
+                        t.out
+                            .push_back(Event::default().data(line.trim_end_matches('\n')));
                     }
                 }
             }
@@ -330,11 +358,8 @@ async fn stream_log(
                     let rest = std::mem::take(&mut t.pending);
                     t.out.push_back(Event::default().data(rest));
                 }
-                t.out.push_back(
-                    Event::default()
-                        .event("end")
-                        .data(t.run.status.as_str().to_string()),
-                );
+                t.out
+                    .push_back(Event::default().event("end").data(t.run.status.as_str()));
                 t.done = true;
                 continue;
             }
@@ -380,7 +405,11 @@ async fn trigger_run(
     Json(body): Json<TriggerBody>,
 ) -> Result<Response, ApiError> {
     let who = caller(&svc, &headers)?;
-    let Some(i) = svc.repos.iter().position(|r| r.config.name == body.repository) else {
+    let Some(i) = svc
+        .repos
+        .iter()
+        .position(|r| r.config.name == body.repository)
+    else {
         return Err(bad(
             StatusCode::NOT_FOUND,
             format!("no repository `{}` is watched", body.repository),
@@ -394,7 +423,8 @@ async fn trigger_run(
     let commit = match body.commit {
         Some(c) => c,
         None => crate::git::ls_remote(&svc.repos[i].config.url, intake::LS_REMOTE_TIMEOUT)
-            .await?
+            .await
+            .map_err(anyhow::Error::from)?
             .into_iter()
             .find(|r| r.name == reference)
             .map(|r| r.oid)
@@ -462,7 +492,7 @@ async fn approve(
     state: Svc,
     headers: HeaderMap,
     path: Path<i64>,
-    body: Option<Json<DecisionBody>>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     decide(state, headers, path, body, Decision::Approve).await
 }
@@ -471,20 +501,29 @@ async fn reject(
     state: Svc,
     headers: HeaderMap,
     path: Path<i64>,
-    body: Option<Json<DecisionBody>>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     decide(state, headers, path, body, Decision::Reject).await
+}
+
+/// An optional JSON body: empty is the default.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| bad(StatusCode::BAD_REQUEST, format!("the request body: {e}")))
 }
 
 async fn decide(
     State(svc): Svc,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    body: Option<Json<DecisionBody>>,
+    body: Bytes,
     decision: Decision,
 ) -> Result<Response, ApiError> {
     let who = caller(&svc, &headers)?;
-    let body = body.map(|b| b.0).unwrap_or_default();
+    let body: DecisionBody = optional_json(&body)?;
     let run = svc.db(move |s| s.run(id)).await?;
     let env = body.environment.unwrap_or_else(|| run.environment.clone());
     let (env2, who2) = (env.clone(), who.clone());

@@ -89,7 +89,10 @@ pub(super) async fn accept(
         DeliveryOutcome::Duplicate { outcome } => Accepted {
             outcome: "duplicate",
             runs: vec![],
-            detail: format!("delivery {} was received before ({outcome}); nothing queued", delivery.id),
+            detail: format!(
+                "delivery {} was received before ({outcome}); nothing queued",
+                delivery.id
+            ),
         },
         DeliveryOutcome::New { runs } if runs.is_empty() => Accepted {
             outcome: "ignored",
@@ -166,9 +169,15 @@ pub(super) async fn poll_once(svc: &Arc<Service>, repo: usize) -> anyhow::Result
     let Some(known) = known else {
         let n = now.len();
         let url2 = url.clone();
-        let refs: Vec<(String, String)> = now.iter().map(|r| (r.name.clone(), r.oid.clone())).collect();
+        let refs: Vec<(String, String)> = now
+            .iter()
+            .map(|r| (r.name.clone(), r.oid.clone()))
+            .collect();
         svc.db(move |s| s.record_poll(&url2, &refs, &[])).await?;
-        svc.debug(&format!("poll {}: first look, {n} ref(s) recorded", svc.repos[repo].config.name));
+        svc.debug(&format!(
+            "poll {}: first look, {n} ref(s) recorded",
+            svc.repos[repo].config.name
+        ));
         return Ok(());
     };
     let known: Vec<crate::git::RemoteRef> = known
@@ -181,14 +190,21 @@ pub(super) async fn poll_once(svc: &Arc<Service>, repo: usize) -> anyhow::Result
         .filter(|e| !e.deleted && is_branch_or_tag(&e.reference))
         .map(|e| new_run(svc, repo, e, "poll"))
         .collect();
-    let refs: Vec<(String, String)> = now.iter().map(|r| (r.name.clone(), r.oid.clone())).collect();
+    let refs: Vec<(String, String)> = now
+        .iter()
+        .map(|r| (r.name.clone(), r.oid.clone()))
+        .collect();
     let queued = svc.db(move |s| s.record_poll(&url, &refs, &runs)).await?;
     if !queued.is_empty() {
         svc.say(&format!(
             "poll {}: {} push(es) found, run(s) {} queued",
             svc.repos[repo].config.name,
             queued.len(),
-            queued.iter().map(|e| e.run().to_string()).collect::<Vec<_>>().join(", ")
+            queued
+                .iter()
+                .map(|e| e.run().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
         after_enqueue(svc, &queued);
     }
