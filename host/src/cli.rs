@@ -181,6 +181,10 @@ enum Command {
         by: Option<String>,
         #[command(flatten)]
         output: OutputArg,
+        /// Ask this `gantry serve` to promote its run RUN (the service's run
+        /// number) instead; the token's holder is the approver.
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// List the runs recorded in a workspace, oldest first.
     #[command(after_help = "Example:\n  gantry runs -C examples/hello")]
@@ -753,9 +757,34 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Promote {
             run_id,
             environment,
+            server: ServerArg {
+                server: Some(server),
+            },
+            ..
+        } => {
+            let client = crate::serve::client::ApiClient::new(&server)?;
+            let id: i64 = run_id.parse().map_err(|_| {
+                anyhow::anyhow!("`{run_id}`: with --server, a run is the service's run number")
+            })?;
+            let v = client
+                .post(
+                    &format!("/api/v1/runs/{id}/promote"),
+                    serde_json::json!({ "environment": environment }),
+                )
+                .await?;
+            out!(
+                "run {}: promotion of run {id} into `{environment}` queued",
+                v["run"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote {
+            run_id,
+            environment,
             workspace,
             by,
             output,
+            ..
         } => {
             let runtime = new_runtime(options, &console)?;
             let by = by

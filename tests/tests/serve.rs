@@ -529,3 +529,76 @@ fn a_failed_gate_stops_promotion() {
         "{envs}"
     );
 }
+
+/// `gantry <args>` against the service, with or without the API token.
+fn cli(serve: &Serve, args: &[&str], token: bool) -> std::process::Output {
+    let mut cmd = std::process::Command::new(gantry_e2e::gantry());
+    cmd.args(args)
+        .arg("--server")
+        .arg(format!("http://{}", serve.addr))
+        .env_remove("GANTRY_TOKEN")
+        .env_remove("GANTRY_SERVER");
+    if token {
+        cmd.env("GANTRY_TOKEN", gantry_e2e::serve::TOKEN);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_cli_lists_runs_follows_logs_and_approves_through_the_service() {
+    let daemon = GitDaemon::start();
+    let (url, work, _) = repo(&daemon);
+    let serve = start(&url, "off");
+    let r = serve.api(
+        "POST",
+        "/api/v1/runs",
+        Some(serde_json::json!({ "repository": "svc", "ref": "main" })),
+    );
+    let ci = r.json()["run"].as_i64().unwrap();
+    // Follow deploy's log while the run goes on: the stream ends with the run.
+    let logs = cli(&serve, &["logs", &ci.to_string(), "deploy"], true);
+    assert!(logs.status.success(), "{logs:?}");
+    let text = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        text.contains(&format!("deploy built {} to default", work.head())),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&logs.stderr).contains("succeeded"),
+        "{logs:?}"
+    );
+
+    let prod = serve.wait_for_run(LONG, |r| r["environment"] == "production");
+    let prod = prod["id"].as_i64().unwrap().to_string();
+    let runs = cli(&serve, &["runs"], true);
+    let listed = String::from_utf8_lossy(&runs.stdout);
+    for env in ["default", "staging", "production"] {
+        assert!(listed.contains(env), "{listed}");
+    }
+
+    // Without a token: refused, and told what to set.
+    let denied = cli(&serve, &["approve", &prod, "production"], false);
+    assert!(!denied.status.success());
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("401") && err.contains("GANTRY_TOKEN"), "{err}");
+    assert_eq!(
+        serve
+            .api("GET", &format!("/api/v1/runs/{prod}"), None)
+            .json()["approval"]["state"],
+        "pending"
+    );
+
+    let ok = cli(
+        &serve,
+        &["approve", &prod, "production", "--comment", "checked"],
+        true,
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("approved by tester"),
+        "{ok:?}"
+    );
+    let done = serve.wait_run(prod.parse().unwrap(), LONG);
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["approval"]["comment"], "checked");
+}

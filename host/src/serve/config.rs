@@ -272,3 +272,64 @@ impl Loaded {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Loaded, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Loaded::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_file_loads_with_its_defaults() {
+        let l = load("repositories:\n  - { name: app, url: \"https://git.example/app.git\" }\n")
+            .unwrap();
+        assert_eq!(l.config.listen, "127.0.0.1:8700");
+        assert_eq!(l.config.max_runs, 4);
+        let r = &l.config.repositories[0];
+        assert_eq!(
+            (r.manifest.as_str(), r.environment.as_str()),
+            ("pipeline.yaml", "default")
+        );
+        assert_eq!(l.poll, vec![Some(Duration::from_secs(60))]);
+        assert!(l.data.ends_with(".gantry-serve"));
+    }
+
+    #[test]
+    fn every_mistake_is_named_by_field() {
+        let e = load(
+            "listen: nowhere\nmax-runs: 0\nrepositories:\n  \
+             - { name: \"bad name\", url: \"--upload-pack=x\", manifest: ../up.yaml, poll: soon }\n  \
+             - { name: ok, url: \"https://git.example/a.git\", azure-devops: { username: u } }\n  \
+             - { name: ok, url: \"https://git.example/b.git\", azure-devops: {} }\n",
+        )
+        .unwrap_err();
+        for needle in [
+            "listen: `nowhere`",
+            "max-runs: must be at least 1",
+            "repositories[0].name",
+            "repositories[0].url",
+            "repositories[0].manifest",
+            "repositories[0].poll: `soon`",
+            "repositories[1].azure-devops: `username` and `password` go together",
+            "repositories[2].name: `ok` is used twice",
+            "repositories[2].azure-devops: give `username` + `password` or `header`",
+        ] {
+            assert!(e.contains(needle), "`{needle}` not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_with_its_line() {
+        let e = load("repositories:\n  - { name: a, url: \"https://x/a.git\", pol: 5s }\n")
+            .unwrap_err();
+        assert!(
+            e.contains("serve.yaml:2:") && e.contains("unknown field `pol`"),
+            "{e}"
+        );
+    }
+}

@@ -574,3 +574,33 @@ async fn environments(State(svc): Svc, headers: HeaderMap) -> Result<Response, A
     let live = svc.db(|s| s.live(None)).await?;
     Ok(Json(json!({ "environments": live })).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    /// The routes this file serves and the paths the OpenAPI document
+    /// describes are the same set: the document cannot fall behind.
+    #[test]
+    fn the_openapi_document_describes_every_route_and_no_other() {
+        let source = include_str!("http.rs");
+        let mut routes: Vec<String> = source
+            .split(".route(\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect();
+        routes.sort();
+        routes.dedup();
+        let doc: serde_json::Value =
+            serde_saphyr::from_str(include_str!("../../../schema/gantry-serve.openapi.yaml"))
+                .expect("the OpenAPI document is YAML");
+        let mut paths: Vec<String> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .keys()
+            .map(|p| p.replace("{repository}", "{repo}"))
+            .collect();
+        paths.sort();
+        assert!(routes.len() >= 10, "{routes:?}");
+        assert_eq!(routes, paths);
+    }
+}
