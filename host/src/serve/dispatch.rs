@@ -204,7 +204,28 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
     };
     let runtime = &svc.runtime;
     let cancel = Some(token.clone());
-    let result = if crate::executor::find_run(&ws, &journal_id).is_ok() {
+    let journal = crate::executor::find_run(&ws, &journal_id).ok();
+    if let Some((_, dir)) = &journal
+        && let Some(success) = crate::journal::Journal::read(dir)?
+            .iter()
+            .find_map(|r| match r {
+                crate::journal::Record::RunFinished { success, .. } => Some(*success),
+                _ => None,
+            })
+    {
+        // It finished before the service died, but its end was never
+        // recorded here: record it, do not run it again.
+        return Ok(Ended {
+            status: if success {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            },
+            detail: "finished before the service stopped; recorded from its journal".into(),
+            result: None,
+        });
+    }
+    let result = if journal.is_some() {
         crate::executor::resume(
             runtime,
             reporter,
