@@ -449,6 +449,24 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// How many blobs the registry stores (its filesystem storage, counted).
+    pub fn blob_count(&self) -> usize {
+        let root = self
+            ._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256");
+        std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .flat_map(|prefix| std::fs::read_dir(prefix.path()).into_iter().flatten())
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("data").is_file())
+            .count()
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
