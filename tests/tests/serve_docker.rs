@@ -171,16 +171,22 @@ stages:
         "{staging}"
     );
     // The container runs exactly the digest ci pushed.
-    let running = docker(&[
+    let container = docker(&[
         "ps",
         "--filter",
         &format!("name={app}"),
         "--filter",
         "label=gantry.managed=true",
         "--format",
-        "{{.Image}}",
+        "{{.ID}}",
     ]);
-    assert!(running.contains(&pushed), "{running} vs {pushed}");
+    assert_eq!(container.lines().count(), 1, "{container}");
+    let image = docker(&["inspect", "--format", "{{.Image}}", &container]);
+    let digests = docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", &image]);
+    assert!(
+        digests.contains(&format!("{reg}/e2e/shipit@{pushed}")),
+        "{digests} vs {pushed}"
+    );
     // And the service says so.
     let envs = serve.api("GET", "/api/v1/environments", None).json();
     let live = envs["environments"]
