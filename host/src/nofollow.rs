@@ -196,8 +196,12 @@ impl NoFollowDir {
     /// old or the new contents, and after a crash one of them is on disk.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
         check_name(name)?;
-        // `~` is in no state key or fixed name, so a temp file never shadows one.
-        let tmp = format!("{name}~{}", std::process::id());
+        // `~` is in no state key or fixed name, so a temp file never shadows
+        // one. Unique per call, not just per process: the tasks of one
+        // `gantry serve` write the same names at the same time.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = format!("{name}~{}-{n}", std::process::id());
         let path = self.path.join(name);
         let result = (|| -> std::io::Result<()> {
             let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), AtFlags::empty());
@@ -304,6 +308,28 @@ mod tests {
         dir: 0o755,
         file: 0o644,
     };
+
+    #[test]
+    fn concurrent_atomic_writes_of_one_name_all_succeed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = std::sync::Arc::new(NoFollowDir::open(root.path(), MODES).unwrap());
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        dir.write_atomic("workspace", format!("{i}\n").as_bytes())?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+    }
 
     #[test]
     fn a_walk_refuses_links_and_remove_all_removes_links_not_targets() {

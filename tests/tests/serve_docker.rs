@@ -182,7 +182,13 @@ stages:
     ]);
     assert_eq!(container.lines().count(), 1, "{container}");
     let image = docker(&["inspect", "--format", "{{.Image}}", &container]);
-    let digests = docker(&["image", "inspect", "--format", "{{join .RepoDigests \",\"}}", &image]);
+    let digests = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{join .RepoDigests \",\"}}",
+        &image,
+    ]);
     assert!(
         digests.contains(&format!("{reg}/e2e/shipit@{pushed}")),
         "{digests} vs {pushed}"
