@@ -155,6 +155,10 @@ enum Command {
         workspace: WorkspaceArg,
         #[command(flatten)]
         output: OutputArg,
+        /// Ask this `gantry serve` to queue its cancelled run RUN (the
+        /// service's run number) again; it resumes from its journal.
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Promote a run that succeeded into the next environment of the
     /// manifest's `promotion:` chain, reusing its built stages' results.
@@ -739,8 +743,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resume {
             run_id,
+            server: ServerArg {
+                server: Some(server),
+            },
+            ..
+        } => {
+            let client = crate::serve::client::ApiClient::new(&server)?;
+            let id: i64 = run_id.parse().map_err(|_| {
+                anyhow::anyhow!("`{run_id}`: with --server, a run is the service's run number")
+            })?;
+            client
+                .post(&format!("/api/v1/runs/{id}/resume"), serde_json::json!({}))
+                .await?;
+            out!("run {id}: queued again; it resumes from its journal");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume {
+            run_id,
             workspace,
             output,
+            ..
         } => {
             let runtime = new_runtime(options, &console)?;
             let request = executor::ResumeRequest {

@@ -602,3 +602,49 @@ fn the_cli_lists_runs_follows_logs_and_approves_through_the_service() {
     assert_eq!(done["run"]["status"], "succeeded", "{done}");
     assert_eq!(done["approval"]["comment"], "checked");
 }
+
+#[test]
+fn a_cancelled_run_resumes_from_its_journal_through_the_cli() {
+    let daemon = GitDaemon::start();
+    let url = daemon.create_repo("svc");
+    let work = WorkClone::new(&url);
+    let slow = manifest("").replace(
+        "append: trace.txt }\n    permissions: { workspace: write }\n  - name: gate",
+        "append: trace.txt, sleep_ms: 3000 }\n    permissions: { workspace: write }\n  - name: gate",
+    );
+    work.commit(&[("pipeline.yaml", &slow)], "slow deploy");
+    work.push(&["HEAD:refs/heads/main"]);
+    let mut serve = start(&url, "off");
+    let r = serve.api(
+        "POST",
+        "/api/v1/runs",
+        Some(serde_json::json!({ "repository": "svc", "ref": "main" })),
+    );
+    let id = r.json()["run"].as_i64().unwrap();
+    serve.wait_for_log(&format!("run {id} build: succeeded"), LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = serve.api("POST", &format!("/api/v1/runs/{id}/cancel"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let done = serve.wait_run(id, LONG);
+    assert_eq!(done["run"]["status"], "cancelled", "{done}");
+
+    let out = cli(&serve, &["resume", &id.to_string()], true);
+    assert!(out.status.success(), "{out:?}");
+    let done = serve.wait_run(id, LONG);
+    assert_eq!(
+        done["run"]["status"],
+        "succeeded",
+        "{done}\n{}",
+        serve.log()
+    );
+    let ws = serve.data().join("workspaces").join(id.to_string());
+    let trace = std::fs::read_to_string(ws.join("trace.txt")).unwrap();
+    assert_eq!(trace.matches("build").count(), 1, "build ran once: {trace}");
+    // A run that succeeded does not resume.
+    let again = cli(&serve, &["resume", &id.to_string()], true);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("409"),
+        "{again:?}"
+    );
+}

@@ -100,6 +100,29 @@ impl Store {
         })
     }
 
+    /// Queue a cancelled run again, to be resumed from its journal (its
+    /// finished stages are kept): `gantry resume --server`. Only a run that
+    /// was cancelled after it started a journal can be.
+    pub fn requeue(&mut self, run: i64) -> Result<Run> {
+        self.write("queueing a run again", |tx, ctx| {
+            let current = super::runs::get_run(tx, ctx, run)?;
+            if current.status != RunStatus::Cancelled || current.journal_run_id.is_none() {
+                return Err(super::Error::WrongState {
+                    run,
+                    op: "resume",
+                    status: current.status,
+                });
+            }
+            tx.execute(
+                "UPDATE runs SET status = 'queued', finished_at_ms = NULL, started_at_ms = NULL, \
+                 cancel_requested = 0, claimed_by = NULL, detail = NULL WHERE id = ?1",
+                [run],
+            )
+            .map_err(|e| ctx.sql(e))?;
+            super::runs::get_run(tx, ctx, run)
+        })
+    }
+
     /// Runs not done yet (queued or running), oldest first: whose workspaces
     /// retention must keep.
     pub fn unfinished_runs(&self) -> Result<Vec<Run>> {

@@ -37,6 +37,7 @@ pub(super) fn router(svc: Arc<Service>) -> Router {
         .route("/api/v1/runs/{id}", get(show_run))
         .route("/api/v1/runs/{id}/logs/{stage}", get(stream_log))
         .route("/api/v1/runs/{id}/cancel", post(cancel_run))
+        .route("/api/v1/runs/{id}/resume", post(resume_run))
         .route("/api/v1/runs/{id}/approve", post(approve))
         .route("/api/v1/runs/{id}/reject", post(reject))
         .route("/api/v1/runs/{id}/promote", post(promote))
@@ -478,6 +479,27 @@ async fn cancel_run(
         CancelOutcome::Requested => "stopping",
     } }))
     .into_response())
+}
+
+/// Queue a cancelled run again; it resumes from its journal.
+async fn resume_run(
+    State(svc): Svc,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let who = caller(&svc, &headers)?;
+    let run = svc.db(move |s| s.requeue(id)).await.map_err(|e| {
+        match e.downcast_ref::<crate::queue::Error>() {
+            Some(crate::queue::Error::NoSuchRun(_)) => ApiError::from(e),
+            _ => bad(
+                StatusCode::CONFLICT,
+                format!("{e:#}; only a cancelled run resumes (a failed one is run again with POST /api/v1/runs)"),
+            ),
+        }
+    })?;
+    svc.wake.notify_one();
+    svc.say(&format!("run {id}: queued again by {who} (API), to resume"));
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run": run }))).into_response())
 }
 
 #[derive(Deserialize, Default)]
