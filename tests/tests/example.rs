@@ -142,7 +142,7 @@ fn the_environments_overlay_the_stages() {
     assert_eq!(deploy["provider"], "docker-deploy");
     assert_eq!(
         deploy["if"],
-        "${{ run.environment == 'docker' || run.environment == 'aks' }}"
+        "${{ run.environment == 'docker' || run.environment == 'aks' || run.environment == 'staging' || run.environment == 'production' }}"
     );
 
     // `aks` swaps the deploy stage's provider and names the cluster.
