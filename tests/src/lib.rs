@@ -4,6 +4,7 @@
 
 pub mod appinsights;
 pub mod cosign;
+pub mod docker;
 pub mod git;
 pub mod kube;
 pub mod oci;

@@ -2,67 +2,13 @@
 //! (Debian's docker-registry) in `ci`, then deployed by digest to a real
 //! Docker engine in `staging` without being rebuilt or pushed again.
 
+use gantry_e2e::docker::{Cleanup, docker, free_port_pair, static_binary};
 use gantry_e2e::git::{GitDaemon, WorkClone};
 use gantry_e2e::serve::Serve;
-use gantry_e2e::{Registry, repo, require_docker};
-use std::process::Command;
+use gantry_e2e::{Registry, require_docker};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(300);
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Removes the test's containers however it ends.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let ids = docker(&["ps", "-aq", "--filter", &format!("name={}", self.0)]);
-        for id in ids.lines().filter(|l| !l.is_empty()) {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
-        }
-    }
-}
-
-/// The example app as a static binary.
-fn static_binary() -> Vec<u8> {
-    let target_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("hello-app");
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .current_dir(repo().join("examples/hello/app"))
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(target_dir.join("x86_64-unknown-linux-gnu/release/hello")).unwrap()
-}
-
-fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = first.local_addr().unwrap().port();
-        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no two adjacent free ports on 127.0.0.1");
-}
 
 #[test]
 fn promotion_deploys_the_digest_ci_pushed_without_rebuilding_or_pushing() {
@@ -108,8 +54,8 @@ stages:
     let daemon = GitDaemon::start();
     let url = daemon.create_repo("shipit");
     let work = WorkClone::new(&url);
-    let binary = static_binary();
-    std::fs::write(work.path().join("hello"), &binary).unwrap();
+    let binary = static_binary(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")));
+    std::fs::copy(binary, work.path().join("hello")).unwrap();
     let commit = work.commit(&[("pipeline.yaml", &manifest)], "ship it");
     work.push(&["HEAD:refs/heads/main"]);
 
