@@ -9,6 +9,16 @@ mod guests;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// These tests write scripts and run them. Writing one while another test's
+/// thread forks lets the child inherit the still-open file until it execs, and
+/// running the script then fails with "Text file busy" (ETXTBSY); so they run
+/// one at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// An executable shell script at `dir/name`.
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -28,6 +38,7 @@ fn fake_rustc(dir: &Path) -> (String, PathBuf) {
 
 #[test]
 fn a_present_target_is_left_alone() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (rustc, sysroot) = fake_rustc(dir.path());
     std::fs::create_dir_all(sysroot.join("lib/rustlib/wasm32-wasip2/lib")).unwrap();
@@ -39,6 +50,7 @@ fn a_present_target_is_left_alone() {
 
 #[test]
 fn a_missing_target_is_added_with_rustup_for_the_active_toolchain() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (rustc, sysroot) = fake_rustc(dir.path());
     let args = dir.path().join("args");
@@ -67,6 +79,7 @@ fn a_missing_target_is_added_with_rustup_for_the_active_toolchain() {
 
 #[test]
 fn without_rustup_it_stops_with_one_line_saying_what_to_run() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (rustc, _) = fake_rustc(dir.path());
     let err = guests::ensure_target(&rustc, None, dir.path().join("no-rustup").to_str().unwrap())
@@ -78,6 +91,7 @@ fn without_rustup_it_stops_with_one_line_saying_what_to_run() {
 
 #[test]
 fn offline_rustup_stops_with_its_reason_and_the_command() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (rustc, _) = fake_rustc(dir.path());
     let rustup = script(
@@ -97,6 +111,7 @@ fn offline_rustup_stops_with_its_reason_and_the_command() {
 
 #[test]
 fn a_rustup_that_succeeds_without_installing_is_not_believed() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (rustc, _) = fake_rustc(dir.path());
     let rustup = script(dir.path(), "rustup", "exit 0");
