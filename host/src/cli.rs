@@ -822,6 +822,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     by,
                     via: "gantry promote".into(),
                 }),
+                previous_commit: None,
                 cancel: None,
             };
             finish_run(

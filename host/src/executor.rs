@@ -43,7 +43,8 @@ pub struct RunRequest {
     /// It must be new in the workspace: a run directory is never reused.
     pub run_id: Option<String>,
     /// What triggered the run; `None`: detect it from the CI system's
-    /// variables and git in the workspace ([`Trigger::detect`]).
+    /// variables and git in the workspace ([`Trigger::detect`]). Its
+    /// `previous_commit`, when `None`, is looked up in the workspace's runs.
     pub trigger: Option<Trigger>,
     /// How OCI plugins are fetched and pinned (`gantry run`: `Update`).
     pub lock: LockMode,
@@ -73,6 +74,9 @@ pub struct PromoteRequest {
     /// Who approves, recorded when the environment requires approval; a
     /// promotion into such an environment without one is refused.
     pub approver: Option<Approver>,
+    /// `run.previous-commit` when the caller knows it (`gantry serve`'s
+    /// deployment history); `None`: looked up in the workspace's runs.
+    pub previous_commit: Option<String>,
     /// Stops the run (`gantry serve`); `None`: the process's signals do.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
@@ -106,13 +110,17 @@ pub async fn start(
         .await
         .map_err(anyhow::Error::new)?;
     let run_id = req.run_id.unwrap_or_else(crate::pipeline::new_run_id);
-    let trigger = req
+    let mut trigger = req
         .trigger
         .unwrap_or_else(|| Trigger::detect(&plan.workspace));
     let ws_state = open_state(&plan.workspace)?;
     let runs = ws_state
         .runs(true)?
         .ok_or_else(|| anyhow::anyhow!("cannot create the runs directory"))?;
+    if trigger.previous_commit.is_none() {
+        trigger.previous_commit =
+            crate::journal::last_success(&runs, &plan.pipeline, &plan.environment, &run_id)?;
+    }
     let mut journal = Journal::create(&runs, &run_id)?;
     journal.append(&run_started(
         &run_id, &file, &plan, &plugins, &trigger, None, None,
@@ -305,10 +313,15 @@ pub async fn promote(
     }
 
     let run_id = req.run_id.unwrap_or_else(crate::pipeline::new_run_id);
-    let trigger = source.trigger();
+    let mut trigger = source.trigger();
     let runs = ws_state
         .runs(true)?
         .ok_or_else(|| anyhow::anyhow!("cannot create the runs directory"))?;
+    // What the promotion replaces in its own environment, not the source's.
+    trigger.previous_commit = match req.previous_commit {
+        Some(c) => Some(c),
+        None => crate::journal::last_success(&runs, &plan.pipeline, &plan.environment, &run_id)?,
+    };
     let mut journal = Journal::create(&runs, &run_id)?;
     journal.append(&run_started(
         &run_id,
@@ -474,6 +487,7 @@ impl<'a> Started<'a> {
                 reference,
                 commit_messages,
                 repository,
+                previous_commit,
                 ..
             } => Trigger {
                 commit: commit.clone(),
@@ -481,6 +495,7 @@ impl<'a> Started<'a> {
                 reference: reference.clone(),
                 messages: commit_messages.clone(),
                 repository: repository.clone(),
+                previous_commit: previous_commit.clone(),
             },
             _ => Trigger::default(),
         }
@@ -519,6 +534,7 @@ fn run_started(
         repository: trigger.repository.clone(),
         promoted_from,
         approval,
+        previous_commit: trigger.previous_commit.clone(),
     })
 }
 

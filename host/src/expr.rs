@@ -8,7 +8,9 @@
 //!   `run.commit-messages` (the messages of the commits that triggered the run,
 //!   newest first, separated by blank lines), `run.environment`, `run.pipeline`,
 //!   `run.promoted-from` (the run a promotion carries results from; empty
-//!   otherwise), `stages.NAME.outputs.KEY`
+//!   otherwise), `run.previous-commit` (the commit of the last run of the
+//!   pipeline that succeeded in this environment; empty on the first one),
+//!   `stages.NAME.outputs.KEY`
 //!   (a key may hold dots: `stages.test.outputs.tests.passed`, or
 //!   `stages.test.outputs['tests.passed']`);
 //! - string literals `'text'`, `true`, `false`;
@@ -49,6 +51,7 @@ pub const RUN_FIELDS: &[&str] = &[
     "ref",
     "commit-messages",
     "promoted-from",
+    "previous-commit",
 ];
 
 #[derive(Debug, Clone, PartialEq)]

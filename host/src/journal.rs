@@ -76,6 +76,10 @@ pub enum Record {
         /// A promotion: the run whose reused stages' results this one carries.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         promoted_from: Option<String>,
+        /// `run.previous-commit`, as looked up when the run started (a resumed
+        /// run reports the same range of commits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_commit: Option<String>,
         /// Who approved it, for an environment that requires approval.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval: Option<ApprovalRecord>,
@@ -224,6 +228,45 @@ pub fn list_runs(runs: &PrivateDir) -> anyhow::Result<Vec<(String, Vec<Record>)>
     Ok(list)
 }
 
+/// The commit of the run of `pipeline` in `environment` that most recently
+/// finished successfully, other than `except` (`run.previous-commit`: what a
+/// new deployment there replaces). Runs that recorded no commit are skipped.
+pub fn last_success(
+    runs: &PrivateDir,
+    pipeline: &str,
+    environment: &str,
+    except: &str,
+) -> anyhow::Result<Option<String>> {
+    let mut best: Option<(u64, String)> = None;
+    for (id, records) in list_runs(runs)? {
+        let Some(Record::RunStarted {
+            pipeline: p,
+            environment: e,
+            commit: Some(commit),
+            ..
+        }) = records.first()
+        else {
+            continue;
+        };
+        if id == except || p != pipeline || e != environment {
+            continue;
+        }
+        let finished = records.iter().rev().find_map(|r| match r {
+            Record::RunFinished {
+                success: true,
+                ts_ms,
+            } => Some(*ts_ms),
+            _ => None,
+        });
+        if let Some(ts) = finished
+            && best.as_ref().is_none_or(|(t, _)| ts >= *t)
+        {
+            best = Some((ts, commit.clone()));
+        }
+    }
+    Ok(best.map(|(_, c)| c))
+}
+
 /// sha256 of a file, hex.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
@@ -265,6 +308,73 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn started(
+        run_id: &str,
+        pipeline: &str,
+        environment: &str,
+        commit: Option<&str>,
+        ts_ms: u64,
+    ) -> Record {
+        Record::RunStarted {
+            run_id: run_id.into(),
+            pipeline: pipeline.into(),
+            environment: environment.into(),
+            manifest: "/m.yaml".into(),
+            manifest_sha256: "00".into(),
+            commit: commit.map(str::to_string),
+            plugins: vec![],
+            ts_ms,
+            branch: None,
+            reference: None,
+            commit_messages: vec![],
+            repository: None,
+            promoted_from: None,
+            approval: None,
+            previous_commit: None,
+        }
+    }
+
+    #[test]
+    fn the_previous_commit_is_the_newest_success_in_that_pipeline_and_environment() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let runs = PrivateDir::open_for_tests(root.path());
+        // (run, pipeline, environment, commit, started, finished: success and when)
+        type Run<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u64, Option<(bool, u64)>);
+        let history: &[Run] = &[
+            ("r1", "app", "prod", Some("c1"), 1, Some((true, 10))),
+            // started later, finished earlier than r3
+            ("r2", "app", "prod", Some("c2"), 2, Some((true, 30))),
+            ("r3", "app", "prod", Some("c3"), 3, Some((true, 20))),
+            ("r4", "app", "prod", Some("c4"), 4, Some((false, 40))),
+            ("r5", "app", "prod", Some("c5"), 5, None),
+            ("r6", "app", "staging", Some("c6"), 6, Some((true, 50))),
+            ("r7", "other", "prod", Some("c7"), 7, Some((true, 60))),
+            ("r8", "app", "prod", None, 8, Some((true, 70))),
+        ];
+        for (id, pipeline, env, commit, ts, finished) in history {
+            let mut j = Journal::create(&runs, id).unwrap();
+            j.append(&started(id, pipeline, env, *commit, *ts)).unwrap();
+            if let Some((success, ts_ms)) = finished {
+                j.append(&Record::RunFinished {
+                    success: *success,
+                    ts_ms: *ts_ms,
+                })
+                .unwrap();
+            }
+        }
+        let last = |p: &str, e: &str, except: &str| last_success(&runs, p, e, except).unwrap();
+        assert_eq!(last("app", "prod", "new").as_deref(), Some("c2"));
+        assert_eq!(
+            last("app", "prod", "r2").as_deref(),
+            Some("c3"),
+            "a run is not its own predecessor"
+        );
+        assert_eq!(last("app", "staging", "new").as_deref(), Some("c6"));
+        assert_eq!(last("other", "prod", "new").as_deref(), Some("c7"));
+        assert_eq!(last("app", "dev", "new"), None);
     }
 
     #[test]

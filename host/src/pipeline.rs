@@ -352,6 +352,10 @@ pub struct Trigger {
     pub messages: Vec<String>,
     /// Where the commit came from (a clone URL), when known.
     pub repository: Option<String>,
+    /// The commit of the last run of this pipeline that succeeded in the
+    /// run's environment (what the run's deployment replaces); `None` on the
+    /// first one, and before the executor looked it up.
+    pub previous_commit: Option<String>,
 }
 
 impl Trigger {
@@ -373,6 +377,7 @@ impl Trigger {
             reference,
             messages,
             repository: None,
+            previous_commit: None,
         }
     }
 }
@@ -777,6 +782,7 @@ impl Pipeline<'_> {
                 "branch" => Some(self.trigger.branch.clone().unwrap_or_default()),
                 "ref" => Some(self.trigger.reference.clone().unwrap_or_default()),
                 "commit-messages" => Some(self.trigger.messages.join("\n\n")),
+                "previous-commit" => Some(self.trigger.previous_commit.clone().unwrap_or_default()),
                 "promoted-from" => Some(self.promoted_from.clone().unwrap_or_default()),
                 "environment" => Some(self.plan.environment.clone()),
                 "pipeline" => Some(self.plan.pipeline.clone()),

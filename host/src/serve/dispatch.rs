@@ -192,6 +192,17 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
     }
     // Newest first, as `run.commit-messages` lists them.
     messages.reverse();
+    // `run.previous-commit`: what is live in the environment now, by this
+    // service's deployment history (each run's workspace is new, so the
+    // workspace's own run history would not know).
+    let previous = {
+        let (pipeline, env, id) = (run.pipeline.clone(), run.environment.clone(), run.id);
+        svc.db(move |s| s.deployment_history(&pipeline, &env))
+            .await?
+            .into_iter()
+            .find(|d| d.run != id)
+            .map(|d| d.commit)
+    };
     let trigger = crate::pipeline::Trigger {
         commit: Some(run.commit.clone()),
         branch: run
@@ -201,6 +212,7 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
         reference: Some(run.git_ref.clone()),
         messages,
         repository: Some(run.repository.clone()),
+        previous_commit: previous.clone(),
     };
     let runtime = &svc.runtime;
     let cancel = Some(token.clone());
@@ -250,6 +262,7 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
                 environment: run.environment.clone(),
                 run_id: Some(journal_id),
                 approver: approval_by(svc, run).await?,
+                previous_commit: previous,
                 cancel,
             },
         )
