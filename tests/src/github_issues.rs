@@ -195,7 +195,7 @@ impl GithubIssues {
         })
     }
 
-    /// Every accepted write: (method, path as sent, JSON body), in order.
+    /// Every accepted write: (method, path without the query, JSON body), in order.
     pub fn writes(&self) -> Vec<(String, String, Value)> {
         lock(&self.state).writes.clone()
     }
