@@ -15,7 +15,8 @@
 //!   accepted patch adds exactly 1 to `rev` and answers 200 with the item.
 //! - `GET|POST /{org}/{project}/_apis/wit/workItems/{id}/comments?api-version=7.0-preview.3`
 //!   (a preview api-version is required): the list (`$top`, at most 200;
-//!   `continuationToken`; `order=asc|desc`, oldest first by default) or a new
+//!   `continuationToken`; `order=asc|desc`, newest first by default, as the
+//!   service: a client must not assume the order) or a new
 //!   comment `{"text"}`. A comment is a `System.History` entry and the other
 //!   way round; adding one is a revision (`rev` + 1), as in the service.
 //!
@@ -942,8 +943,8 @@ fn list_comments(state: &State, req: &Incoming, id: u32, base: &str) -> Outgoing
     };
     let mut ordered: Vec<&Comment> = item.comments.iter().collect();
     match req.param("order").as_deref() {
-        None | Some("asc") => {}
-        Some("desc") => ordered.reverse(),
+        Some("asc") => {}
+        None | Some("desc") => ordered.reverse(),
         Some(o) => return bad_request(&format!("order must be asc or desc, not '{o}'.")),
     }
     let page: Vec<Value> = ordered

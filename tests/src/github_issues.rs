@@ -18,9 +18,10 @@
 //! - `GET /repos/{o}/{r}/issues/{n}`;
 //! - `PATCH /repos/{o}/{r}/issues/{n}` `{"state", "state_reason", "title",
 //!   "body", "labels"}`: `state` is `open` or `closed`, `state_reason`
-//!   `completed`, `not_planned` or `reopened` (not with `closed`); otherwise 422
-//!   with GitHub's validation error body. Closing without a reason is
-//!   `completed`.
+//!   `completed`, `not_planned`, `duplicate` or `reopened`; otherwise 422 with
+//!   GitHub's validation error body (also, the stand-in's choice, for closing
+//!   as `reopened`). As GitHub documents, `state_reason` is ignored unless
+//!   `state` is given; closing without a reason is `completed`.
 //! - `GET /repos/{o}/{r}/issues/{n}/comments?per_page=&page=` (30 a page by
 //!   default, at most 100) with a `Link` header (`next`, `last`, `first`,
 //!   `prev`) when there is more than one page;
@@ -463,14 +464,14 @@ fn update_issue(issue: &mut Issue, body: &Value, base: &str) -> Outgoing {
     let reason = &body["state_reason"];
     let new_reason = match reason {
         Value::Null => None,
-        Value::String(s) if ["completed", "not_planned", "reopened"].contains(&s.as_str()) => {
+        Value::String(s)
+            if ["completed", "not_planned", "duplicate", "reopened"].contains(&s.as_str()) =>
+        {
             Some(s.clone())
         }
         other => return validation_failed("state_reason", other, DOC),
     };
-    let closing =
-        new_state.as_deref() == Some("closed") || (new_state.is_none() && issue.state == "closed");
-    if closing && new_reason.as_deref() == Some("reopened") {
+    if new_state.as_deref() == Some("closed") && new_reason.as_deref() == Some("reopened") {
         return validation_failed("state_reason", reason, DOC);
     }
     let title = match &body["title"] {
@@ -514,11 +515,8 @@ fn update_issue(issue: &mut Issue, body: &Value, base: &str) -> Outgoing {
             issue.state = "open".into();
             issue.closed_at = None;
         }
-        None => {
-            if new_reason.is_some() {
-                issue.state_reason = new_reason;
-            }
-        }
+        // GitHub ignores a state_reason without a state.
+        None => {}
     }
     issue.updated = now_rfc3339();
     Outgoing::json(200, &issue_json(issue, base))

@@ -679,9 +679,19 @@ fn boards_comments_need_a_preview_version_and_page() {
             None => break,
         }
     }
+    // Newest first unless asked otherwise.
     let expected: Vec<String> = (1..=5).map(|i| format!("comment {i}")).collect();
-    assert_eq!(texts, expected);
+    let newest_first: Vec<String> = expected.iter().rev().cloned().collect();
+    assert_eq!(texts, newest_first);
     assert_eq!(boards.history(1), expected);
+    let asc = call(
+        &ado.comments_url(1, "api-version=7.0-preview.3&order=asc&$top=1"),
+        "GET",
+        &[("authorization", &ado.auth)],
+        None,
+    );
+    assert_eq!(asc.json()["comments"][0]["text"], "comment 1");
+    assert_eq!(asc.json()["count"], 1);
 
     let bad_token = call(
         &ado.comments_url(1, "api-version=7.0-preview.3&continuationToken=zzz"),
@@ -970,7 +980,10 @@ fn github_labels_are_added_once_and_close_is_validated() {
     let bad_json = gh(&github, "PATCH", "/repos/octo/app/issues/3", &[], None);
     assert_eq!(bad_json.status, 400);
     assert_eq!(bad_json.json()["message"], "Problems parsing JSON");
+    // A reason alone is ignored (and still a write GitHub accepts).
+    assert_eq!(patch(json!({ "state_reason": "not_planned" })).status, 200);
     assert_eq!(github.issue("octo", "app", 3)["state"], "open");
+    assert!(github.issue("octo", "app", 3)["state_reason"].is_null());
 
     let closed = patch(json!({ "state": "closed", "state_reason": "completed" }));
     assert_eq!(closed.status, 200, "{}", closed.body);
@@ -1000,6 +1013,7 @@ fn github_labels_are_added_once_and_close_is_validated() {
                 "POST".to_string(),
                 "/repos/octo/app/issues/3/labels".to_string()
             ),
+            ("PATCH".to_string(), "/repos/octo/app/issues/3".to_string()),
             ("PATCH".to_string(), "/repos/octo/app/issues/3".to_string()),
         ]
     );
