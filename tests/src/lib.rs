@@ -3,13 +3,16 @@
 //! workspace directory, and runs gantry in it like a user would.
 
 pub mod appinsights;
+pub mod boards;
 pub mod cosign;
 pub mod docker;
 pub mod git;
+pub mod github_issues;
 pub mod kube;
 pub mod oci;
 pub mod registry_auth;
 pub mod serve;
+pub mod standin;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
