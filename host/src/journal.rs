@@ -342,7 +342,14 @@ mod tests {
         std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let runs = PrivateDir::open_for_tests(root.path());
         // (run, pipeline, environment, commit, started, finished: success and when)
-        type Run<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u64, Option<(bool, u64)>);
+        type Run<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            u64,
+            Option<(bool, u64)>,
+        );
         let history: &[Run] = &[
             ("r1", "app", "prod", Some("c1"), 1, Some((true, 10))),
             // started later, finished earlier than r3

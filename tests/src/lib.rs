@@ -131,6 +131,23 @@ impl Output {
     }
 }
 
+/// `cmd` without the CI systems' commit and branch variables, so that
+/// gantry takes them from the workspace's git (as on a laptop).
+pub fn without_ci(mut cmd: Command) -> Command {
+    for var in [
+        "GITHUB_SHA",
+        "GITHUB_REF",
+        "BUILD_SOURCEVERSION",
+        "BUILD_SOURCEBRANCH",
+        "CI_COMMIT_SHA",
+        "CI_COMMIT_BRANCH",
+        "GIT_COMMIT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Fail with a clear message unless a Docker engine answers.
 pub fn require_docker() {
     let ok = Command::new("docker")
@@ -284,6 +301,17 @@ impl Workspace {
     /// Run gantry with `args` in the workspace directory and wait for it.
     pub fn gantry(&self, args: &[&str]) -> Output {
         let out = self.command(args).output().expect("run gantry");
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Like [`Workspace::gantry`], with the CI systems' variables removed
+    /// ([`without_ci`]) so that branch and commit come from the workspace's git.
+    pub fn gantry_without_ci(&self, args: &[&str]) -> Output {
+        let out = without_ci(self.command(args)).output().expect("run gantry");
         Output {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -3,7 +3,7 @@
 //! `promotion.reuse` stages' results over (they are not run again) and running
 //! the rest with that environment's parameters.
 
-use gantry_e2e::{Output, Workspace};
+use gantry_e2e::{Output, Workspace, without_ci};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,30 +41,8 @@ promotion:
       approval: required
 "#;
 
-/// gantry in the workspace, with the CI systems' variables removed so that
-/// branch and commit come from the workspace's git.
 fn gantry(ws: &Workspace, args: &[&str]) -> Output {
-    let out = ci_free(ws.command(args)).output().unwrap();
-    Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn ci_free(mut cmd: Command) -> Command {
-    for var in [
-        "GITHUB_SHA",
-        "GITHUB_REF",
-        "BUILD_SOURCEVERSION",
-        "BUILD_SOURCEBRANCH",
-        "CI_COMMIT_SHA",
-        "CI_COMMIT_BRANCH",
-        "GIT_COMMIT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    ws.gantry_without_ci(args)
 }
 
 /// Make the workspace a git repository on branch `main` with one commit.
@@ -228,7 +206,7 @@ fn a_promotion_reuses_the_built_stages_and_runs_the_rest_in_the_next_environment
     );
 
     // Production requires approval: without anyone to name, nothing runs.
-    let nobody = ci_free(ws.command(&["promote", &docker_id, "production"]))
+    let nobody = without_ci(ws.command(&["promote", &docker_id, "production"]))
         .env_remove("USER")
         .env_remove("LOGNAME")
         .output()
@@ -341,7 +319,7 @@ fn an_interrupted_promotion_resumes_without_rerunning_finished_stages() {
     let (out, first) = run_json(&ws, &["run", "pipeline.yaml", "--output", "json"]);
     assert_eq!(out.code, Some(0), "{}", out.all());
     let first_id = id(&first);
-    let mut child = ci_free(ws.command(&["promote", &first_id, "docker"]))
+    let mut child = without_ci(ws.command(&["promote", &first_id, "docker"]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -220,7 +220,7 @@ impl Guest for Backlog {
             capabilities: vec![
                 gantry_sdk::Capability { kind: CapabilityKind::Http, target: None, reason: "the Azure DevOps or GitHub API".into() },
                 gantry_sdk::Capability { kind: CapabilityKind::Secret, target: None, reason: "the PAT or token".into() },
-                gantry_sdk::Capability { kind: CapabilityKind::Exec, target: Some("git".into()), reason: "reading the deployed commits (unless `messages` is set)".into() },
+                gantry_sdk::Capability { kind: CapabilityKind::Exec, target: None, reason: "git, reading the deployed commits (not with `messages`)".into() },
             ],
         }
     }
