@@ -33,9 +33,9 @@ pub fn delivered(commit: &str, previous: &str) -> Result<Vec<(String, String)>, 
         "log".into(),
         "--no-color".into(),
         format!("--max-count={MAX_COMMITS}"),
-        // Fields by unit separator, records by record separator: a message
-        // can hold anything else.
-        "--format=%H%x1f%B%x1e".into(),
+        // Records end with a record separator (a message can hold anything
+        // else); each starts `commit <sha>` (the stage log shows the lines).
+        "--format=commit %H%n%B%x1e".into(),
     ];
     args.extend(range);
     args.push("--".into());
@@ -74,14 +74,16 @@ pub fn delivered(commit: &str, previous: &str) -> Result<Vec<(String, String)>, 
     Ok(parse(&status.stdout))
 }
 
-/// `%H%x1f%B%x1e` records.
+/// `commit %H%n%B%x1e` records. A record cut short (the host keeps the
+/// last 64 KiB of output) has no full sha and is left out.
 pub fn parse(out: &str) -> Vec<(String, String)> {
     out.split('\u{1e}')
         .filter_map(|rec| {
-            let (sha, body) = rec.trim_start_matches('\n').split_once('\u{1f}')?;
-            Some((sha.trim().to_string(), body.trim_end().to_string()))
+            let rec = rec.trim_start_matches('\n').strip_prefix("commit ")?;
+            let (sha, body) = rec.split_once('\n').unwrap_or((rec, ""));
+            let full = matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());
+            full.then(|| (sha.to_string(), body.trim_end().to_string()))
         })
-        .filter(|(sha, _)| !sha.is_empty())
         .collect()
 }
 
@@ -89,15 +91,15 @@ pub fn parse(out: &str) -> Vec<(String, String)> {
 mod tests {
     #[test]
     fn parses_records_with_any_message() {
-        let out = "aaaa\u{1f}Fix AB#1\n\nbody: with | pipes\n\u{1e}\nbbbb\u{1f}second\u{1e}\n";
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let out = format!(
+            "of a message cut short\n\u{1e}\ncommit {a}\nFix AB#1\n\nbody: commit {b}\n\u{1e}\ncommit {b}\nsecond\u{1e}\n"
+        );
         assert_eq!(
-            super::parse(out),
+            super::parse(&out),
             vec![
-                (
-                    "aaaa".to_string(),
-                    "Fix AB#1\n\nbody: with | pipes".to_string()
-                ),
-                ("bbbb".to_string(), "second".to_string())
+                (a.clone(), format!("Fix AB#1\n\nbody: commit {b}")),
+                (b.clone(), "second".to_string())
             ]
         );
     }
