@@ -458,7 +458,7 @@ fn a_config_the_plugin_schema_rejects_is_refused_before_any_case_runs() {
 #[test]
 fn the_builtin_plugins_pass_their_case_files() {
     let ws = Workspace::new();
-    for name in ["health-gate", "registry", "command"] {
+    for name in ["health-gate", "registry", "command", "backlog"] {
         let cases = repo().join("plugins").join(name).join("cases.yaml");
         let out = ws.gantry(&["plugins", "test", "--case", cases.to_str().unwrap()]);
         assert_eq!(out.code, Some(0), "{name}:\n{}", out.all());
