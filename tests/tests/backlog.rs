@@ -685,3 +685,44 @@ fn real_azure_boards_when_credentials_are_set() {
     );
     assert!(!first.all().contains(pat.as_str()) && !again.all().contains(pat.as_str()));
 }
+
+/// Against the real GitHub, when credentials are set: a label and a comment
+/// on one issue (not closed: the mention has no closing keyword), then
+/// nothing on a second run of the same deployment.
+#[test]
+fn real_github_issues_when_credentials_are_set() {
+    let vars = [
+        "GANTRY_TEST_GITHUB_REPO",
+        "GANTRY_TEST_GITHUB_TOKEN",
+        "GANTRY_TEST_GITHUB_ISSUE",
+    ];
+    let values: Vec<String> = vars.iter().filter_map(|v| std::env::var(v).ok()).collect();
+    if values.len() != vars.len() {
+        eprintln!(
+            "skipped: the real-GitHub test needs {} (owner/name, a token with Issues read & \
+             write, and an issue number it may label and comment on)",
+            vars.join(", ")
+        );
+        return;
+    }
+    let (repo, token, issue) = (&values[0], &values[1], &values[2]);
+    let manifest = GITHUB
+        .replace("repository: octo/shop", &format!("repository: \"{repo}\""))
+        .replace("        api: \"{github}\"\n", "")
+        .replace("{github}", "https://api.github.com");
+    let ws = workspace(&manifest, &[]).env("GH_TOKEN", token);
+    commit(
+        &ws,
+        &format!("gantry's real-service test mentions #{issue}"),
+    );
+    let first = run(&ws);
+    assert_eq!(first.code, Some(0), "{}", first.all());
+    assert_eq!(first.outputs("backlog")["updated"], format!("#{issue}"));
+    let again = run(&ws);
+    assert_eq!(again.code, Some(0), "{}", again.all());
+    assert_eq!(
+        again.outputs("backlog")["already-recorded"],
+        format!("#{issue}")
+    );
+    assert!(!first.all().contains(token.as_str()) && !again.all().contains(token.as_str()));
+}
