@@ -86,10 +86,32 @@ fn both_backends_build_images_that_docker_runs() {
     let app = format!("gantry-e2e-example-{}", std::process::id());
     // Its telemetry goes to a local App Insights endpoint: the strict one.
     let ingestion = gantry_e2e::appinsights::Ingestion::start();
+    // Its backlog stage tells a local Azure Boards about the work items the
+    // commit mentions.
+    let boards = gantry_e2e::boards::Boards::start("dev-pat");
+    boards.add_item(1, "User Story", "greet people", "Active");
+    ws.write(".gitignore", ".gantry/\napp/target/\n");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A", "."],
+        &[
+            "-c",
+            "user.name=T",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "Say hello. Fixes AB#1",
+        ],
+    ] {
+        sh(Command::new("git").args(args).current_dir(ws.path()));
+    }
     let manifest = std::fs::read_to_string(ws.path().join("pipeline.yaml"))
         .unwrap()
         .replace("127.0.0.1:5000", &registry.addr)
         .replace("127.0.0.1:8089", &format!("127.0.0.1:{}", ingestion.port))
+        .replace("http://127.0.0.1:8095", &boards.url())
         .replace(
             "00000000-0000-4000-8000-000000000000",
             &ingestion.instrumentation_key,
@@ -97,7 +119,15 @@ fn both_backends_build_images_that_docker_runs() {
         .replace("host-port: 8080", &format!("host-port: {port}"))
         .replace("name: hello\n", &format!("name: {app}\n"));
     ws.write("pipeline.yaml", manifest);
-    let out = ws.gantry(&["run", "pipeline.yaml", "--env", "docker"]);
+    let out = gantry_e2e::without_ci(ws.command(&["run", "pipeline.yaml", "--env", "docker"]))
+        .env("GANTRY_BOARDS_PAT", "dev-pat")
+        .output()
+        .unwrap();
+    let out = gantry_e2e::Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
     let deployed = get(&format!("127.0.0.1:{port}"));
     let _ = Command::new("docker")
         .args(["rm", "-f", &format!("{app}-blue")])
@@ -109,6 +139,15 @@ fn both_backends_build_images_that_docker_runs() {
         out.stdout
     );
     assert!(out.succeeded("deploy"), "{}", out.all());
+    assert!(out.succeeded("backlog"), "{}", out.all());
+    let story = boards.item(1);
+    assert_eq!(story["fields"]["System.State"], "Resolved", "{story}");
+    let history = boards.history(1);
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(
+        history[0].contains("Deployed to <b>docker</b>") && history[0].contains(&registry.addr),
+        "what was deployed, from where: {history:?}"
+    );
     assert!(
         deployed.contains("200 OK") && deployed.contains("hello from gantry's example app"),
         "the deploy stage runs the pushed image: {deployed}"

@@ -29,9 +29,9 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     provider: Provider,
-    /// The deployed commit: `${{ run.commit }}`.
+    /// The deployed commit: `${{ run.commit }}` (empty outside git).
     #[serde(default)]
-    commit: String,
+    commit: Option<String>,
     /// The commit deployed there before: `${{ run.previous-commit }}`.
     #[serde(default)]
     previous_commit: String,
@@ -227,26 +227,38 @@ impl Guest for Backlog {
 
     fn run(ctx: StageContext) -> Result<Outcome, StageError> {
         let cfg: Config = gantry_sdk::config(&ctx)?;
-        let tracker = tracker(&cfg, cfg.dry_run)?;
-        let messages = match cfg.messages.as_deref() {
-            Some(m) if !m.trim().is_empty() => vec![(cfg.commit.clone(), m.to_string())],
-            Some(_) => vec![],
-            None if cfg.commit.is_empty() => {
+        let commit = cfg.commit.clone().unwrap_or_default();
+        let messages = match (cfg.messages.as_deref(), &cfg.commit) {
+            (Some(m), _) if !m.trim().is_empty() => vec![(commit.clone(), m.to_string())],
+            (Some(_), _) => vec![],
+            (None, None) => {
                 return Err(invalid(
                     "nothing says which commits were deployed: set `commit: ${{ run.commit }}` (and \
                      `previous-commit: ${{ run.previous-commit }}`) or `messages`",
                 ));
             }
-            None => {
-                let delivered = commits::delivered(&cfg.commit, &cfg.previous_commit)?;
+            (None, Some(c)) if c.is_empty() => {
+                // `${{ run.commit }}` outside git and CI: nothing to read.
+                gantry_sdk::warn(
+                    "the deployed commit is not known (the workspace is not a git repository and \
+                     no CI variable names it), so no work item is updated",
+                );
+                return Ok(Outcome {
+                    artifacts: vec![],
+                    outputs: vec![gantry_sdk::output("items", "0")],
+                    summary: "no commit known: no work item updated".into(),
+                });
+            }
+            (None, Some(_)) => {
+                let delivered = commits::delivered(&commit, &cfg.previous_commit)?;
                 gantry_sdk::info(match cfg.previous_commit.as_str() {
-                    prev if prev == cfg.commit => format!(
+                    prev if prev == commit => format!(
                         "commit {prev} is already the last one deployed to `{}`: reading it only",
                         ctx.environment
                     ),
                     "" => format!(
                         "first deployment to `{}`: reading commit {} only",
-                        ctx.environment, cfg.commit
+                        ctx.environment, commit
                     ),
                     prev => format!(
                         "{} commit(s) since {prev}, the last one deployed to `{}`",
@@ -257,6 +269,7 @@ impl Guest for Backlog {
                 delivered
             }
         };
+        let tracker = tracker(&cfg, cfg.dry_run)?;
         let repository = cfg
             .github_issues
             .as_ref()
@@ -274,7 +287,7 @@ impl Guest for Backlog {
             pipeline: ctx.pipeline.clone(),
             environment: ctx.environment.clone(),
             run_id: ctx.run_id.clone(),
-            commit: cfg.commit.clone(),
+            commit,
             image,
             run_url: cfg.run_url.clone().filter(|u| !u.is_empty()),
         };
