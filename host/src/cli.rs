@@ -94,6 +94,10 @@ enum Command {
         output: OutputArg,
         #[command(flatten)]
         lock: LockArg,
+        /// Also write the run's report (one self-contained HTML file, as
+        /// `gantry report` writes it) to FILE at the end.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Check a manifest and every plugin it uses, without running anything.
     #[command(
@@ -209,6 +213,20 @@ enum Command {
         workspace: WorkspaceArg,
         #[command(flatten)]
         server: ServerArg,
+    },
+    /// Write a run's report: one self-contained HTML file (timeline, stages,
+    /// outputs, denials, log tails, health verdicts; no script, nothing
+    /// loaded from the network).
+    #[command(
+        after_help = "Examples:\n  gantry report 1a2b3c4d5e6-0f1e -C examples/hello -o run.html\n  gantry report 1a2b3c4d5e6-0f1e > run.html"
+    )]
+    Report {
+        run_id: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Write it to FILE instead of standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Run the continuous-delivery service: watch repositories (webhooks,
     /// polling), run each push, promote runs environment by environment, and
@@ -725,6 +743,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             output,
             lock,
+            report,
         } => {
             let runtime = new_runtime(options, &console)?;
             let request = executor::RunRequest {
@@ -735,11 +754,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 lock: lock.mode(LockMode::Update),
                 cancel: None,
             };
-            finish_run(
-                executor::start(&runtime, console.clone(), request).await,
-                &console,
-                output.output,
-            )
+            let result = executor::start(&runtime, console.clone(), request).await;
+            if let (Some(file), Ok(r)) = (&report, &result) {
+                let dir = crate::state_dir::PrivateDir::open_private(std::path::Path::new(&r.dir))?;
+                crate::web::write_report(&dir, file)?;
+                console.note(&format!("report: {}", file.display()));
+            }
+            finish_run(result, &console, output.output)
+        }
+        Command::Report {
+            run_id,
+            workspace,
+            output,
+        } => {
+            let (_, dir) = find_run(&workspace.dir, &run_id)?;
+            match output {
+                Some(file) => {
+                    crate::web::write_report(&dir, &file)?;
+                    eprintln!("run {run_id}: report written to {}", file.display());
+                }
+                None => out!(@raw "{}", crate::web::report_html(&dir)?),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Resume {
             run_id,
