@@ -3,6 +3,7 @@
 //! workspace directory, and runs gantry in it like a user would.
 
 pub mod appinsights;
+pub mod browser;
 pub mod cosign;
 pub mod docker;
 pub mod git;

@@ -25,6 +25,18 @@ pub struct Serve {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The status line and the headers, as received.
+    pub head: String,
+}
+
+impl Reply {
+    /// The value of header `name` (the first one).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
 }
 
 impl Reply {
@@ -262,7 +274,11 @@ pub fn request(
     } else {
         rest.to_string()
     };
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        head: head.to_string(),
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {

@@ -22,7 +22,9 @@ pub fn status_class(status: &str) -> &'static str {
 /// Seconds, for axis labels and tooltips.
 pub fn secs(ms: u64) -> String {
     let s = ms as f64 / 1000.0;
-    if s < 10.0 {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 10.0 {
         format!("{s:.1}s")
     } else if s < 600.0 {
         format!("{s:.0}s")
@@ -39,7 +41,8 @@ const WIDTH: f64 = 760.0;
 /// `end_ms` while it runs, on one time axis from `start_ms`.
 pub fn timeline(stages: &[StageView], start_ms: u64, end_ms: u64) -> Markup {
     let span = end_ms.saturating_sub(start_ms).max(1) as f64;
-    let plot = WIDTH - LABEL - 10.0;
+    // Room on the right for the last bar's label.
+    let plot = WIDTH - LABEL - 110.0;
     let x = |t: u64| LABEL + (t.saturating_sub(start_ms) as f64 / span) * plot;
     let height = ROW * stages.len() as f64 + 30.0;
     let ticks = 5;
@@ -65,7 +68,7 @@ pub fn timeline(stages: &[StageView], start_ms: u64, end_ms: u64) -> Markup {
                         x=(x1) y=(y + 4.0) width=((x2 - x1).max(2.0)) height=(ROW - 8.0) rx="3" {
                         title { (s.name) " " (s.status) " " (secs(to - from)) }
                     }
-                    text class="barlabel" x=((x2 + 4.0).min(WIDTH - 60.0)) y=(y + 16.0) {
+                    text class="barlabel" x=(x2 + 4.0) y=(y + 16.0) {
                         (s.status) " " (secs(to - from))
                     }
                 } @else {
