@@ -232,6 +232,17 @@ pub fn logs(dir: &crate::state_dir::PrivateDir, stage: Option<&str>) -> anyhow::
     Ok(out)
 }
 
+/// One line of a stage's log file: `<unix ms> <text>`.
+pub fn parse_log_line(line: &str) -> LogLine {
+    match line.split_once(' ') {
+        Some((ts, text)) => (ts.parse().ok(), text.to_string()),
+        None => match line.parse() {
+            Ok(ts) => (Some(ts), String::new()),
+            Err(_) => (None, line.to_string()),
+        },
+    }
+}
+
 /// A log line: when it was written (unix ms, when the line says) and its text.
 pub type LogLine = (Option<u64>, String);
 
@@ -247,16 +258,7 @@ pub fn log_lines(
     Ok(Some(
         String::from_utf8_lossy(&bytes)
             .lines()
-            .map(|line| {
-                // Each line is `<unix ms> <text>`.
-                match line.split_once(' ') {
-                    Some((ts, text)) => (ts.parse().ok(), text.to_string()),
-                    None => match line.parse() {
-                        Ok(ts) => (Some(ts), String::new()),
-                        Err(_) => (None, line.to_string()),
-                    },
-                }
-            })
+            .map(parse_log_line)
             .collect(),
     ))
 }

@@ -72,10 +72,15 @@ const scenarios = {
     const pending = page.locator(`.pending-approval[data-run="${args.run}"]`);
     await pending.waitFor({ timeout: WAIT });
     await pending.locator("input[name=comment]").fill("looks good");
-    await Promise.all([
-      page.waitForURL(new RegExp(`/runs/${args.run}$`)),
+    const [answer] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/runs/${args.run}/approve`)),
       pending.locator("button.approve").click(),
     ]);
+    await page.waitForLoadState("load");
+    check(
+      new RegExp(`/runs/${args.run}$`).test(page.url()),
+      `approving answered ${answer.status()} and led to ${page.url()}: ${await page.innerText("body")}`
+    );
     const approval = await page.locator("section.approval").innerText();
     check(/approved/.test(approval) && approval.includes(args.user), `approval: ${approval}`);
     const deadline = Date.now() + WAIT;

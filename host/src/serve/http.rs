@@ -308,16 +308,18 @@ async fn stream_log(
     Path((id, stage)): Path<(i64, String)>,
 ) -> Result<Response, ApiError> {
     caller(&svc, &headers)?;
-    log_sse(svc, id, stage, 0).await
+    log_sse(svc, id, stage, 0, false).await
 }
 
 /// The SSE stream of a stage's log from byte `offset` on (the dashboard
-/// continues from where its page's copy ended).
+/// continues from where its page's copy ended); with `text_only`, each line
+/// without its time, as the pages show it.
 pub(super) async fn log_sse(
     svc: Arc<Service>,
     id: i64,
     stage: String,
     offset: u64,
+    text_only: bool,
 ) -> Result<Response, ApiError> {
     if stage.is_empty() || stage.contains(['/', '\\']) || stage.starts_with('.') {
         return Err(bad(
@@ -345,7 +347,7 @@ pub(super) async fn log_sse(
         done: false,
         out: Default::default(),
     };
-    let stream = futures::stream::unfold(tail, |mut t| async move {
+    let stream = futures::stream::unfold(tail, move |mut t| async move {
         loop {
             if let Some(e) = t.out.pop_front() {
                 return Some((Ok::<_, std::convert::Infallible>(e), t));
@@ -368,14 +370,24 @@ pub(super) async fn log_sse(
                     t.pending.push_str(&String::from_utf8_lossy(&bytes));
                     while let Some(i) = t.pending.find('\n') {
                         let line: String = t.pending.drain(..=i).collect();
-                        t.out
-                            .push_back(Event::default().data(line.trim_end_matches('\n')));
+                        let line = line.trim_end_matches('\n');
+                        let data = if text_only {
+                            crate::show::parse_log_line(line).1
+                        } else {
+                            line.to_string()
+                        };
+                        t.out.push_back(Event::default().data(data));
                     }
                 }
             }
             if ended {
                 if !t.pending.is_empty() {
                     let rest = std::mem::take(&mut t.pending);
+                    let rest = if text_only {
+                        crate::show::parse_log_line(&rest).1
+                    } else {
+                        rest
+                    };
                     t.out.push_back(Event::default().data(rest));
                 }
                 t.out

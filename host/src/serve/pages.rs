@@ -65,9 +65,11 @@ async fn headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: with it, browsers send `Origin: null` on form
+    // posts, and the same-origin check of forms needs the real one.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -379,7 +381,7 @@ async fn log(
 ) -> Result<Response, PageError> {
     session(&svc, &headers)
         .ok_or_else(|| PageError(StatusCode::UNAUTHORIZED, "not signed in".into()))?;
-    Ok(log_sse(svc, id, stage, q.offset.unwrap_or(0)).await?)
+    Ok(log_sse(svc, id, stage, q.offset.unwrap_or(0), true).await?)
 }
 
 #[derive(Deserialize)]
