@@ -168,10 +168,10 @@ fn session(svc: &Service, headers: &HeaderMap) -> Option<Session> {
 
 /// The session, or (for a page) a redirect to the sign-in form that comes
 /// back to `path`.
-fn signed_in(svc: &Service, headers: &HeaderMap, path: &str) -> Result<Session, Response> {
+fn signed_in(svc: &Service, headers: &HeaderMap, path: &str) -> Result<Session, Redirect> {
     session(svc, headers).ok_or_else(|| {
         let next: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
-        Redirect::to(&format!("/login?next={next}")).into_response()
+        Redirect::to(&format!("/login?next={next}"))
     })
 }
 
@@ -301,7 +301,7 @@ async fn runs(
 ) -> Result<Response, PageError> {
     let s = match signed_in(&svc, &headers, "/runs") {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let empty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
     let status = match empty(&q.status) {
@@ -344,7 +344,7 @@ async fn run(
 ) -> Result<Response, PageError> {
     let s = match signed_in(&svc, &headers, &format!("/runs/{id}")) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let run = svc.db(move |st| st.run(id)).await?;
     let env = run.environment.clone();
@@ -430,7 +430,7 @@ async fn decide(
 async fn environments(State(svc): Svc, headers: HeaderMap) -> Result<Response, PageError> {
     let s = match signed_in(&svc, &headers, "/environments") {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let (live, pending) = svc
         .db(|st| {
@@ -500,7 +500,7 @@ async fn pipeline(
     let path: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
     let s = match signed_in(&svc, &headers, &format!("/pipelines/{path}")) {
         Ok(s) => s,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(r.into_response()),
     };
     let n = name.clone();
     let runs = svc

@@ -26,12 +26,22 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(10)]
 }
 
+/// A provider as the table shows it: a local `.wasm` by its file name (the
+/// full path is its tooltip), anything else as written.
+fn provider(uses: &str) -> &str {
+    match uses.rsplit_once('/') {
+        Some((_, file)) if uses.ends_with(".wasm") && !uses.starts_with("oci://") => file,
+        _ => uses,
+    }
+}
+
 fn badge(status: &str) -> Markup {
     html! { span class=(format!("badge {}", status_class(status))) { (status) } }
 }
 
-/// A health-gate verdict: the decision and what was measured.
-fn health(v: &HealthVerdict) -> Markup {
+/// A health-gate verdict: the decision and what was measured; `detail`
+/// adds the gate's own words (the stage table shows them already).
+fn health(v: &HealthVerdict, detail: bool) -> Markup {
     html! {
         div class=(if v.healthy { "health ok" } else { "health bad" }) {
             strong { (if v.healthy { "healthy" } else { "unhealthy" }) }
@@ -42,7 +52,7 @@ fn health(v: &HealthVerdict) -> Markup {
                 @if let Some(n) = v.requests { dt { "requests" } dd { (n) } }
                 @if let Some(w) = v.window_minutes { dt { "window" } dd { (w) " min" } }
             }
-            p class="detail" { (v.detail) }
+            @if detail { p class="detail" { (v.detail) } }
         }
     }
 }
@@ -74,7 +84,7 @@ fn stage_table(run: &RunView) -> Markup {
                 @for s in &run.stages {
                     tr id=(format!("stage-{}", s.name)) {
                         td { a href=(format!("#log-{}", s.name)) { (s.name) } }
-                        td { code { (s.uses) } }
+                        td { code title=(s.uses) { (provider(&s.uses)) } }
                         td {
                             (badge(&s.status))
                             @if s.attempts > 1 { " (attempt " (s.attempts) ")" }
@@ -90,7 +100,7 @@ fn stage_table(run: &RunView) -> Markup {
                                     @for d in &s.denials { li { "denied: " (d) } }
                                 }
                             }
-                            @if let Some(h) = s.health() { (health(&h)) }
+                            @if let Some(h) = s.health() { (health(&h, false)) }
                         }
                     }
                 }
@@ -426,7 +436,7 @@ pub fn environments(ctx: &Ctx, envs: &[EnvironmentView], pending: &[(Approval, R
                     dt { "by run" } dd { a href=(format!("/runs/{}", e.live.run)) { "#" (e.live.run) } }
                 }
                 @match &e.health {
-                    Some((run, v)) => { h3 { "Last health gate (run " a href=(format!("/runs/{run}")) { "#" (run) } ")" } (health(v)) }
+                    Some((run, v)) => { h3 { "Last health gate (run " a href=(format!("/runs/{run}")) { "#" (run) } ")" } (health(v, true)) }
                     None => p { "No health gate has run here." }
                 }
                 h3 { "History" }

@@ -248,13 +248,13 @@ mod tests {
             stage("deploy", &["build"], 3000, None, "running"),
         ];
         let svg = timeline(&stages, 1000, 5000).into_string();
-        // 4 s over 600 px from x=150: build spans 150..450, deploy 450..750.
+        // 4 s over 500 px from x=150: build spans 150..400, deploy 400..650.
         assert!(
-            svg.contains(r#"class="bar ok" x="150" y="4" width="300""#),
+            svg.contains(r#"class="bar ok" x="150" y="4" width="250""#),
             "{svg}"
         );
         assert!(
-            svg.contains(r#"class="bar run" x="450" y="28" width="300""#),
+            svg.contains(r#"class="bar run" x="400" y="28" width="250""#),
             "{svg}"
         );
     }
