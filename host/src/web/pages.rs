@@ -301,7 +301,7 @@ pub fn runs(ctx: &Ctx, runs: &[Run], q: &RunsQuery, pipelines: &[String]) -> Str
         @if !pipelines.is_empty() {
             p { "Charts: " @for p in pipelines { a href=(format!("/pipelines/{p}")) { (p) } " " } }
         }
-        div data-refresh="runs" id="runs" {
+        div data-refresh id="runs" {
             table class="runs" {
                 thead { tr { th { "run" } th { "pipeline" } th { "branch" } th { "commit" } th { "trigger" } th { "environment" } th { "duration" } th { "result" } } }
                 tbody {
@@ -378,12 +378,16 @@ pub fn run(
         @match view {
             None => p { "This run has not started a journal yet." }
             Some(v) => {
-                h2 { "Stages" }
-                (svg::dag(&v.stages))
-                h2 { "Timeline" }
-                (svg::timeline(&v.stages, v.started_ms, v.end_ms(now_ms)))
-                (stage_table(v))
-                (telemetry(v))
+                // While the run runs, the script refreshes this part in place
+                // (the logs below stream on their own).
+                div id="run-overview" data-refresh[live] {
+                    h2 { "Stages" }
+                    (svg::dag(&v.stages))
+                    h2 { "Timeline" }
+                    (svg::timeline(&v.stages, v.started_ms, v.end_ms(now_ms)))
+                    (stage_table(v))
+                    (telemetry(v))
+                }
                 h2 { "Logs" }
                 @for s in &v.stages {
                     @let tail = logs.get(&s.name);

@@ -18,16 +18,20 @@
       if (--open === 0) setTimeout(function () { location.reload(); }, 500);
     });
   });
-  // The runs list refreshes its table in place.
-  var list = document.querySelector("[data-refresh=runs]");
-  if (list) {
+  // Parts marked data-refresh (the runs list, a running run's stages and
+  // timeline) are refreshed in place from a fresh copy of the page.
+  var parts = document.querySelectorAll("[data-refresh][id]");
+  if (parts.length) {
     setInterval(function () {
       fetch(location.href, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (text) {
           if (!text) return;
-          var fresh = new DOMParser().parseFromString(text, "text/html").getElementById("runs");
-          if (fresh) list.replaceChildren.apply(list, Array.from(fresh.childNodes));
+          var fresh = new DOMParser().parseFromString(text, "text/html");
+          parts.forEach(function (part) {
+            var now = fresh.getElementById(part.id);
+            if (now) part.replaceChildren.apply(part, Array.from(now.childNodes));
+          });
         })
         .catch(function () {});
     }, 3000);
