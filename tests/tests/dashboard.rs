@@ -259,6 +259,37 @@ fn the_dashboard_lists_runs_streams_a_log_live_and_approves_a_promotion() {
         .json();
     assert_eq!(shown["approval"]["state"], "pending", "{shown}");
 
+    // The runs list filters; the run page draws the stages' `needs`.
+    let list = |query: &str| {
+        serve
+            .http(
+                "GET",
+                &format!("/runs?{query}"),
+                &[("cookie", &cookie)],
+                b"",
+            )
+            .body
+    };
+    let succeeded = list("status=succeeded&pipeline=web&branch=main");
+    assert!(
+        succeeded.contains(&format!(r#"data-run="{ci}""#)),
+        "{succeeded}"
+    );
+    assert!(
+        !succeeded.contains(&format!(r#"data-run="{prod}""#)),
+        "{succeeded}"
+    );
+    let queued = list("status=queued");
+    assert!(
+        queued.contains(&format!(r#"data-run="{prod}""#)) && queued.contains("waits for approval"),
+        "{queued}"
+    );
+    assert!(!list("branch=other").contains("data-run="));
+    let page = serve
+        .http("GET", &format!("/runs/{ci}"), &[("cookie", &cookie)], b"")
+        .body;
+    assert_eq!(page.matches(r#"class="edge""#).count(), 2, "{page}");
+
     // The approve button promotes it; the environments page then shows what
     // production runs: the build's digest.
     let digest = format!("sha256:{commit}");

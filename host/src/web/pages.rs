@@ -314,7 +314,13 @@ pub fn runs(ctx: &Ctx, runs: &[Run], q: &RunsQuery, pipelines: &[String]) -> Str
                             td { (r.trigger) @if let Some(s) = r.source_run { " of " a href=(format!("/runs/{s}")) { "#" (s) } } }
                             td { (r.environment) }
                             td { (duration_of(r)) }
-                            td { (badge(r.status.as_str())) @if let Some(d) = &r.detail { " " small { (d) } } }
+                            td {
+                                (badge(r.status.as_str()))
+                                @if r.status == RunStatus::Queued && r.needs_approval {
+                                    " " a href="/environments" { small { "waits for approval" } }
+                                }
+                                @if let Some(d) = &r.detail { " " small { (d) } }
+                            }
                         }
                     }
                 }
