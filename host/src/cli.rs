@@ -221,11 +221,12 @@ enum Command {
         after_help = "Examples:\n  gantry report 1a2b3c4d5e6-0f1e -C examples/hello -o run.html\n  gantry report 1a2b3c4d5e6-0f1e > run.html"
     )]
     Report {
+        /// The run (`gantry runs -C DIR` lists them).
         run_id: String,
         #[command(flatten)]
         workspace: WorkspaceArg,
         /// Write it to FILE instead of standard output.
-        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// Run the continuous-delivery service: watch repositories (webhooks,
