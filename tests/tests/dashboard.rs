@@ -34,7 +34,7 @@ stages:
   - name: package
     uses: "ECHO"
     needs: [test, lint]
-    with: { message: packaged }
+    with: { message: packaged, event: deployment }
 "#
         .replace("ECHO", &echo)
         .replace("XSS", XSS),
@@ -46,6 +46,11 @@ stages:
     let html = std::fs::read_to_string(&file).unwrap();
     assert!(!html.contains("<script"), "{html}");
     assert!(html.contains("tick 3"), "the log tail is in the report");
+    // The telemetry the stages reported: package's deployment event.
+    assert!(
+        html.contains("<td>package</td><td>deployment</td><td>deployment</td>"),
+        "{html}"
+    );
 
     // `gantry report` writes the same report of a recorded run.
     let journal = ws.only_journal().expect("one run");

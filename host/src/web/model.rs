@@ -68,6 +68,23 @@ pub struct RunView {
     /// The telemetry sinks the run publishes to.
     pub sinks: Vec<PluginRecord>,
     pub resumed: u32,
+    /// The events and metrics the run reported (recorded when it ended).
+    pub telemetry: Vec<TelemetryEvent>,
+}
+
+/// One telemetry event as the run recorded it
+/// ([`crate::capabilities::telemetry::RECORD_FILE`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct TelemetryEvent {
+    pub kind: String,
+    pub timestamp_ms: u64,
+    pub stage: Option<String>,
+    pub name: String,
+    pub value: Option<f64>,
+    pub duration_ms: Option<u64>,
+    pub success: Option<bool>,
+    #[serde(default)]
+    pub properties: Vec<(String, String)>,
 }
 
 impl RunView {
@@ -218,6 +235,12 @@ impl RunView {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut run = RunView::from_records(&id, &records);
+        if let Some(bytes) = dir.read(crate::capabilities::telemetry::RECORD_FILE)? {
+            run.telemetry = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+        }
         if let Some(Record::RunStarted {
             manifest,
             manifest_sha256,

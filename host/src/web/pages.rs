@@ -128,12 +128,20 @@ fn run_facts(run: &RunView) -> Markup {
     }
 }
 
-/// What the run reported as telemetry: the sinks it publishes its events to,
-/// and its measured numbers (stage times, retries, denials, gate values).
+/// What the run reported as telemetry: its own numbers (stage times,
+/// retries, denials), the sinks it publishes to, and the metrics and events
+/// its stages reported (the host's run and stage events are the table and
+/// timeline above).
 fn telemetry(run: &RunView) -> Markup {
+    const SHOWN: usize = 200;
     let retries: usize = run.stages.iter().map(|s| s.retries.len()).sum();
     let denials: usize = run.stages.iter().map(|s| s.denials.len()).sum();
     let busy: u64 = run.stages.iter().filter_map(|s| s.duration_ms).sum();
+    let reported: Vec<_> = run
+        .telemetry
+        .iter()
+        .filter(|e| matches!(e.kind.as_str(), "metric" | "deployment" | "custom"))
+        .collect();
     html! {
         section class="telemetry" {
             h2 { "Telemetry" }
@@ -141,11 +149,32 @@ fn telemetry(run: &RunView) -> Markup {
                 dt { "stage time, summed" } dd { (secs(busy)) }
                 dt { "retries" } dd { (retries) }
                 dt { "denied calls" } dd { (denials) }
+                dt { "events recorded" } dd { (run.telemetry.len()) }
                 dt { "sinks" }
                 dd {
                     @if run.sinks.is_empty() { "none (the manifest has no `telemetry:`)" }
                     @for s in &run.sinks { code { (s.uses) } " " }
                 }
+            }
+            @if !reported.is_empty() {
+                table class="events" {
+                    thead { tr { th { "when" } th { "stage" } th { "kind" } th { "name" } th { "value" } } }
+                    tbody {
+                        @for e in reported.iter().take(SHOWN) {
+                            tr {
+                                td { (secs(e.timestamp_ms.saturating_sub(run.started_ms))) }
+                                td { (e.stage.clone().unwrap_or_default()) }
+                                td { (e.kind) }
+                                td { (e.name) }
+                                td {
+                                    @if let Some(v) = e.value { (v) " " }
+                                    @for (k, v) in &e.properties { code { (k) "=" (v) } " " }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if reported.len() > SHOWN { p { "(the first " (SHOWN) " of " (reported.len()) ")" } }
             }
         }
     }
