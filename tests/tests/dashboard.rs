@@ -294,6 +294,23 @@ fn the_dashboard_lists_runs_streams_a_log_live_and_approves_a_promotion() {
         .http("GET", &format!("/runs/{ci}"), &[("cookie", &cookie)], b"")
         .body;
     assert_eq!(page.matches(r#"class="edge""#).count(), 2, "{page}");
+    let report = serve.http(
+        "GET",
+        &format!("/runs/{ci}/report"),
+        &[("cookie", &cookie)],
+        b"",
+    );
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert!(
+        report
+            .header("content-disposition")
+            .unwrap()
+            .starts_with("attachment")
+    );
+    assert!(
+        report.body.starts_with("<!DOCTYPE html>") && report.body.contains(r#"id="stage-watch""#)
+    );
+    assert!(!report.body.contains("<script"), "{}", report.body);
 
     // The approve button promotes it; the environments page then shows what
     // production runs: the build's digest.

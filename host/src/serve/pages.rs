@@ -42,6 +42,7 @@ pub(super) fn router() -> Router<Arc<Service>> {
         .route("/runs", get(runs))
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/logs/{stage}", get(log))
+        .route("/runs/{id}/report", get(report))
         .route("/runs/{id}/approve", post(approve))
         .route("/runs/{id}/reject", post(reject))
         .route("/environments", get(environments))
@@ -54,13 +55,12 @@ pub(super) fn router() -> Router<Arc<Service>> {
 async fn headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A page may set its own (the report: inline styles only).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
+        ));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -366,6 +366,40 @@ async fn run(
         now_ms(),
     ))
     .into_response())
+}
+
+/// The run's self-contained report (as `gantry report` writes it), to save.
+async fn report(
+    State(svc): Svc,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Response, PageError> {
+    let s = signed_in(&svc, &headers, &format!("/runs/{id}/report"));
+    if let Err(r) = s {
+        return Ok(r.into_response());
+    }
+    let run = svc.db(move |st| st.run(id)).await?;
+    let dir = journal_dir(&svc, &run).await?.ok_or_else(|| {
+        PageError(
+            StatusCode::NOT_FOUND,
+            format!("run {id} has no journal (yet) to report on"),
+        )
+    })?;
+    let html = crate::web::report_html(&dir)?;
+    Ok((
+        [
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"gantry-run-{id}.html\""),
+            ),
+        ],
+        Html(html),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -396,7 +396,9 @@ pub fn run(
             dt { "trigger" } dd { (run.trigger) @if let Some(s) = run.source_run { " of " a href=(format!("/runs/{s}")) { "#" (s) } } }
             dt { "queued" } dd { (when(run.created_at_ms as u64)) }
             @if let Some(d) = &run.detail { dt { "detail" } dd { (d) } }
-            @if let Some(j) = &run.journal_run_id { dt { "journal" } dd { code { (j) } } }
+            @if let Some(j) = &run.journal_run_id {
+                dt { "journal" } dd { code { (j) } " " a href=(format!("/runs/{}/report", run.id)) { "download the report" } }
+            }
         }
         @if let Some(a) = approval {
             section class="approval" {
