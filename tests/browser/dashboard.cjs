@@ -16,6 +16,7 @@ async function signIn(page) {
   await page.goto(`${args.base}/runs`);
   // Not signed in: the page sends the browser to the sign-in form.
   check(page.url().includes("/login"), `expected the sign-in form, got ${page.url()}`);
+  if (args.scenario === "runs") await shot(page, "login");
   await page.fill("#token", args.token);
   await Promise.all([page.waitForURL(/\/runs$/), page.click("button[type=submit]")]);
 }

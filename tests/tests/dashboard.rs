@@ -344,6 +344,23 @@ fn the_dashboard_lists_runs_streams_a_log_live_and_approves_a_promotion() {
         page.body
     );
 
+    // Signing out forgets the cookie (and needs this session's CSRF value).
+    let out = serve.http(
+        "POST",
+        "/logout",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={token}").as_bytes(),
+    );
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(
+        out.header("set-cookie").unwrap().contains("Max-Age=0"),
+        "{}",
+        out.head
+    );
+
     scenario(
         "pipeline",
         serde_json::json!({ "base": base, "token": TOKEN, "pipeline": "web", "runs": 2 }),
