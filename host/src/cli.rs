@@ -756,12 +756,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cancel: None,
             };
             let result = executor::start(&runtime, console.clone(), request).await;
+            let mut report_failed = None;
             if let (Some(file), Ok(r)) = (&report, &result) {
-                let dir = crate::state_dir::PrivateDir::open_private(std::path::Path::new(&r.dir))?;
-                crate::web::write_report(&dir, file)?;
-                console.note(&format!("report: {}", file.display()));
+                let written =
+                    crate::state_dir::PrivateDir::open_private(std::path::Path::new(&r.dir))
+                        .and_then(|dir| crate::web::write_report(&dir, file));
+                match written {
+                    Ok(()) => console.note(&format!("report: {}", file.display())),
+                    Err(e) => report_failed = Some(e),
+                }
             }
-            finish_run(result, &console, output.output)
+            let code = finish_run(result, &console, output.output)?;
+            // The run's own outcome is told first; a report asked for and
+            // not written still fails the command (CI would miss it).
+            if let Some(e) = report_failed {
+                eprintln!("error: the report was not written: {e:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(code)
         }
         Command::Report {
             run_id,

@@ -66,6 +66,21 @@ stages:
     assert_eq!(out.code, Some(0), "{}", out.all());
     let out = ws.gantry(&["report", run_id]);
     assert!(out.stdout.starts_with("<!DOCTYPE html>"), "{}", out.all());
+    // A report that cannot be written fails the command, after the summary.
+    let nowhere = ws.path().join("missing/run.html");
+    let out = ws.gantry(&[
+        "run",
+        "pipeline.yaml",
+        "--report",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stderr.contains("the report was not written"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stderr.contains("missing/run.html"), "{}", out.all());
     let out = ws.gantry(&["report", "no-such-run"]);
     assert_ne!(out.code, Some(0));
     assert!(out.stderr.contains("no run `no-such-run`"), "{}", out.all());
