@@ -150,15 +150,33 @@ fn csrf_of(token: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn session(svc: &Service, headers: &HeaderMap) -> Option<Session> {
-    let token = headers
+/// The token in the request's session cookie.
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
+        .flat_map(cookie::Cookie::split_parse_encoded)
         .filter_map(Result::ok)
         .find(|c| c.name() == COOKIE)
-        .map(|c| c.value().to_string())?;
+        .map(|c| c.value().to_string())
+}
+
+/// The `Set-Cookie` value that signs a browser in with `token`:
+/// percent-encoded, as a token may hold `;` or spaces.
+fn session_cookie(token: &str, secure: bool) -> String {
+    cookie::Cookie::build((COOKIE, token.to_string()))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .secure(secure)
+        .build()
+        .encoded()
+        .to_string()
+}
+
+fn session(svc: &Service, headers: &HeaderMap) -> Option<Session> {
+    let token = cookie_token(headers)?;
     let user = token_owner(svc, &token)?;
     Some(Session {
         user,
@@ -186,8 +204,10 @@ fn form_session(svc: &Service, headers: &HeaderMap, csrf: &str) -> Result<Sessio
         )
     })?;
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        // Behind a reverse proxy, the host the browser asked for.
         let host = headers
-            .get(header::HOST)
+            .get("x-forwarded-host")
+            .or_else(|| headers.get(header::HOST))
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let same = origin
@@ -248,19 +268,10 @@ async fn login(State(svc): Svc, headers: HeaderMap, Form(f): Form<LoginForm>) ->
             .into_response();
     };
     svc.say(&format!("dashboard: {user} signed in"));
-    let cookie = cookie::Cookie::build((COOKIE, token.to_string()))
-        .path("/")
-        .http_only(true)
-        .same_site(cookie::SameSite::Strict)
-        // gantry serve speaks plain HTTP; behind a TLS proxy the cookie
-        // must not travel unencrypted.
-        .secure(forwarded_https(&headers))
-        .build();
-    (
-        [(header::SET_COOKIE, cookie.to_string())],
-        Redirect::to(&next),
-    )
-        .into_response()
+    // gantry serve speaks plain HTTP; behind a TLS proxy the cookie must
+    // not travel unencrypted.
+    let cookie = session_cookie(token, forwarded_https(&headers));
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
 }
 
 fn forwarded_https(headers: &HeaderMap) -> bool {
@@ -559,6 +570,25 @@ mod tests {
         assert_eq!(local_path("//evil.example/x"), "/runs");
         assert_eq!(local_path("/\\evil.example"), "/runs");
         assert_eq!(local_path("https://evil.example/"), "/runs");
+    }
+
+    #[test]
+    fn any_token_survives_the_cookie() {
+        let token = "a; b=c, d\"e 0123456789";
+        let set = session_cookie(token, false);
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        assert!(!set.contains("Secure"), "{set}");
+        let sent = set.split(';').next().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("other=1; {sent}")).unwrap(),
+        );
+        assert_eq!(cookie_token(&headers).as_deref(), Some(token));
+        assert!(session_cookie(token, true).contains("Secure"));
     }
 
     #[test]
