@@ -175,7 +175,7 @@ pub fn pipeline_chart(points: &[RunPoint], window: usize) -> Markup {
         .unwrap_or(1)
         .max(1) as f64;
     let step = (width - left - 40.0) / points.len().max(1) as f64;
-    let bar_w = (step * 0.7).max(1.0);
+    let bar_w = (step * 0.7).clamp(1.0, 40.0);
     let rate: Vec<f64> = (0..points.len())
         .map(|i| {
             let from = (i + 1).saturating_sub(window.max(1));
