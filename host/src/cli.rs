@@ -94,6 +94,10 @@ enum Command {
         output: OutputArg,
         #[command(flatten)]
         lock: LockArg,
+        /// Also write the run's report (one self-contained HTML file, as
+        /// `gantry report` writes it) to FILE at the end.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Check a manifest and every plugin it uses, without running anything.
     #[command(
@@ -209,6 +213,21 @@ enum Command {
         workspace: WorkspaceArg,
         #[command(flatten)]
         server: ServerArg,
+    },
+    /// Write a run's report: one self-contained HTML file (timeline, stages,
+    /// outputs, denials, log tails, health verdicts; no script, nothing
+    /// loaded from the network).
+    #[command(
+        after_help = "Examples:\n  gantry report 1a2b3c4d5e6-0f1e -C examples/hello -o run.html\n  gantry report 1a2b3c4d5e6-0f1e > run.html"
+    )]
+    Report {
+        /// The run (`gantry runs -C DIR` lists them).
+        run_id: String,
+        #[command(flatten)]
+        workspace: WorkspaceArg,
+        /// Write it to FILE instead of standard output.
+        #[arg(short = 'o', long = "out", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Run the continuous-delivery service: watch repositories (webhooks,
     /// polling), run each push, promote runs environment by environment, and
@@ -725,6 +744,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             env,
             output,
             lock,
+            report,
         } => {
             let runtime = new_runtime(options, &console)?;
             let request = executor::RunRequest {
@@ -735,11 +755,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 lock: lock.mode(LockMode::Update),
                 cancel: None,
             };
-            finish_run(
-                executor::start(&runtime, console.clone(), request).await,
-                &console,
-                output.output,
-            )
+            let result = executor::start(&runtime, console.clone(), request).await;
+            let mut report_failed = None;
+            if let (Some(file), Ok(r)) = (&report, &result) {
+                let written =
+                    crate::state_dir::PrivateDir::open_private(std::path::Path::new(&r.dir))
+                        .and_then(|dir| crate::web::write_report(&dir, file));
+                match written {
+                    Ok(()) => console.note(&format!("report: {}", file.display())),
+                    Err(e) => report_failed = Some(e),
+                }
+            }
+            let code = finish_run(result, &console, output.output)?;
+            // The run's own outcome is told first; a report asked for and
+            // not written still fails the command (CI would miss it).
+            if let Some(e) = report_failed {
+                eprintln!("error: the report was not written: {e:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(code)
+        }
+        Command::Report {
+            run_id,
+            workspace,
+            output,
+        } => {
+            let (_, dir) = find_run(&workspace.dir, &run_id)?;
+            match output {
+                Some(file) => {
+                    crate::web::write_report(&dir, &file)?;
+                    eprintln!("run {run_id}: report written to {}", file.display());
+                }
+                None => out!(@raw "{}", crate::web::report_html(&dir)?),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Resume {
             run_id,

@@ -2,7 +2,8 @@
 //! directory ([`crate::state_dir`], outside the workspace, where no stage can
 //! write), holding a write-ahead journal (`journal.jsonl`, one record per line,
 //! fsync'd before the state change it records is acted on), per-stage logs
-//! (`logs/<stage>.log`) and, at the end, `summary.json`.
+//! (`logs/<stage>.log`) and, at the end, `summary.json` and the run's
+//! telemetry events (`telemetry.jsonl`, for its page and report).
 //!
 //! A run whose host died can be resumed from its journal: stages whose
 //! completion was recorded are not run again; their outputs and artifacts are

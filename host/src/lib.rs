@@ -21,6 +21,7 @@
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
 //! - [`triggers`], [`webhook`] and [`git`]: which pushes start a run, webhook
 //!   deliveries (GitHub, Azure DevOps), polling and checkouts with real git.
+//! - [`web`]: the dashboard of `gantry serve` and `gantry report`'s HTML.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -51,6 +52,7 @@ pub mod templates;
 pub mod triggers;
 pub mod units;
 pub mod vso;
+pub mod web;
 pub mod webhook;
 pub mod yaml_path;
 

@@ -598,7 +598,16 @@ impl Pipeline<'_> {
         finished.duration_ms = Some(started.elapsed().as_millis() as u64);
         finished.success = Some(result.succeeded());
         ctx.collector.push(finished);
-        self.publish(plugins, &ctx).await;
+        let (events, dropped) = ctx.collector.drain();
+        // What the sinks are handed, kept with the run for its page and report.
+        if let Err(e) =
+            crate::capabilities::telemetry::record(journal.lock().unwrap().dir(), &events)
+        {
+            self.reporter.note(&format!(
+                "warning: cannot record the run's telemetry: {e:#}"
+            ));
+        }
+        self.publish(plugins, &ctx, events, dropped).await;
         journal
             .lock()
             .unwrap()
@@ -942,11 +951,16 @@ impl Pipeline<'_> {
 
     /// Hand the run's events to every sink. A sink that fails is reported; it
     /// does not change the run's result.
-    async fn publish(&self, plugins: &HashMap<String, Arc<Plugin>>, ctx: &InstanceContext) {
+    async fn publish(
+        &self,
+        plugins: &HashMap<String, Arc<Plugin>>,
+        ctx: &InstanceContext,
+        events: Vec<crate::runtime::bindings::types::Event>,
+        dropped: u64,
+    ) {
         if self.plan.sinks.is_empty() {
             return;
         }
-        let (events, dropped) = ctx.collector.drain();
         if dropped > 0 {
             self.reporter.note(&format!(
                 "telemetry: {dropped} event(s) dropped (buffer full)"

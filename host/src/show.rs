@@ -218,19 +218,47 @@ pub fn logs(dir: &crate::state_dir::PrivateDir, stage: Option<&str>) -> anyhow::
     };
     let mut out = String::new();
     for name in names {
-        let file = format!("{name}.log");
-        let bytes = logs.read(&file)?.ok_or_else(|| {
+        let lines = log_lines(&logs, &name)?.ok_or_else(|| {
             anyhow::anyhow!("no log for stage `{name}` in {}", logs.path().display())
         })?;
-        let text = String::from_utf8_lossy(&bytes);
         if stage.is_none() {
             out.push_str(&format!("== {name}\n"));
         }
-        for line in text.lines() {
-            // Each line is `<unix ms> <text>`; show the text.
-            out.push_str(line.split_once(' ').map_or(line, |(_, t)| t));
+        for (_, text) in lines {
+            out.push_str(&text);
             out.push('\n');
         }
     }
     Ok(out)
+}
+
+/// One line of a stage's log file: `<unix ms> <text>`.
+pub fn parse_log_line(line: &str) -> LogLine {
+    match line.split_once(' ') {
+        Some((ts, text)) => (ts.parse().ok(), text.to_string()),
+        None => match line.parse() {
+            Ok(ts) => (Some(ts), String::new()),
+            Err(_) => (None, line.to_string()),
+        },
+    }
+}
+
+/// A log line: when it was written (unix ms, when the line says) and its text.
+pub type LogLine = (Option<u64>, String);
+
+/// The lines of one stage's log in a run's `logs/` directory, as (unix ms,
+/// text); `None` when the stage wrote no log.
+pub fn log_lines(
+    logs: &crate::state_dir::PrivateDir,
+    stage: &str,
+) -> anyhow::Result<Option<Vec<LogLine>>> {
+    let Some(bytes) = logs.read(&format!("{stage}.log"))? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(parse_log_line)
+            .collect(),
+    ))
 }

@@ -4,6 +4,7 @@
 
 pub mod appinsights;
 pub mod boards;
+pub mod browser;
 pub mod cosign;
 pub mod docker;
 pub mod git;

@@ -25,11 +25,21 @@ pub struct Serve {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The status line and the headers, as received.
+    pub head: String,
 }
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The value of header `name` (the first one).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
     }
 }
 
@@ -262,7 +272,11 @@ pub fn request(
     } else {
         rest.to_string()
     };
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        head: head.to_string(),
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {

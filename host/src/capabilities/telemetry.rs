@@ -68,6 +68,43 @@ impl EventBase {
     }
 }
 
+/// The file in a run's directory that keeps the run's events (one JSON
+/// object a line), as the sinks were handed them.
+pub const RECORD_FILE: &str = "telemetry.jsonl";
+
+/// The name of an event's kind, as recorded.
+pub fn kind_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::RunStarted => "run-started",
+        EventKind::RunFinished => "run-finished",
+        EventKind::StageStarted => "stage-started",
+        EventKind::StageFinished => "stage-finished",
+        EventKind::Metric => "metric",
+        EventKind::Deployment => "deployment",
+        EventKind::Custom => "custom",
+    }
+}
+
+/// Write the run's events into its directory ([`RECORD_FILE`]).
+pub fn record(dir: &crate::state_dir::PrivateDir, events: &[Event]) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    for e in events {
+        let line = serde_json::json!({
+            "kind": kind_name(e.kind),
+            "timestamp_ms": e.timestamp_ms,
+            "stage": e.stage,
+            "name": e.name,
+            "value": e.value,
+            "duration_ms": e.duration_ms,
+            "success": e.success,
+            "properties": e.properties,
+        });
+        serde_json::to_writer(&mut out, &line)?;
+        out.push(b'\n');
+    }
+    dir.write_atomic(RECORD_FILE, &out)
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -42,12 +42,15 @@ pub(super) fn router(svc: Arc<Service>) -> Router {
         .route("/api/v1/runs/{id}/reject", post(reject))
         .route("/api/v1/runs/{id}/promote", post(promote))
         .route("/api/v1/environments", get(environments))
+        // The dashboard's pages (not API: signed in by cookie, outside the
+        // OpenAPI document).
+        .merge(super::pages::router())
         .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT))
         .with_state(svc)
 }
 
 /// An API error: a status and a message, as `{"error": "..."}`.
-pub(super) struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -72,7 +75,6 @@ fn bad(status: StatusCode, message: impl Into<String>) -> ApiError {
 
 /// The caller's name, from `Authorization: Bearer <token>`.
 fn caller(svc: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
-    use subtle::ConstantTimeEq;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -83,6 +85,12 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
                 "this API needs `Authorization: Bearer <token>` (a token from the service's `api-tokens`)",
             )
         })?;
+    token_owner(svc, given).ok_or_else(|| bad(StatusCode::UNAUTHORIZED, "unknown token"))
+}
+
+/// Whose API token `given` is, if it is one.
+pub(super) fn token_owner(svc: &Service, given: &str) -> Option<String> {
+    use subtle::ConstantTimeEq;
     // Compare with every token, in constant time each, so the answer's
     // timing says nothing about which prefix matched.
     let mut found = None;
@@ -91,7 +99,7 @@ fn caller(svc: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
             found = Some(t.name.clone());
         }
     }
-    found.ok_or_else(|| bad(StatusCode::UNAUTHORIZED, "unknown token"))
+    found
 }
 
 async fn healthz(State(svc): Svc) -> Response {
@@ -237,7 +245,7 @@ async fn show_run(
 }
 
 /// The journal directory of a run that has started one.
-async fn journal_dir(
+pub(super) async fn journal_dir(
     svc: &Service,
     run: &crate::queue::Run,
 ) -> anyhow::Result<Option<crate::state_dir::PrivateDir>> {
@@ -300,6 +308,19 @@ async fn stream_log(
     Path((id, stage)): Path<(i64, String)>,
 ) -> Result<Response, ApiError> {
     caller(&svc, &headers)?;
+    log_sse(svc, id, stage, 0, false).await
+}
+
+/// The SSE stream of a stage's log from byte `offset` on (the dashboard
+/// continues from where its page's copy ended); with `text_only`, each line
+/// without its time, as the pages show it.
+pub(super) async fn log_sse(
+    svc: Arc<Service>,
+    id: i64,
+    stage: String,
+    offset: u64,
+    text_only: bool,
+) -> Result<Response, ApiError> {
     if stage.is_empty() || stage.contains(['/', '\\']) || stage.starts_with('.') {
         return Err(bad(
             StatusCode::BAD_REQUEST,
@@ -321,12 +342,12 @@ async fn stream_log(
         svc: svc2,
         run,
         stage,
-        offset: 0,
+        offset,
         pending: String::new(),
         done: false,
         out: Default::default(),
     };
-    let stream = futures::stream::unfold(tail, |mut t| async move {
+    let stream = futures::stream::unfold(tail, move |mut t| async move {
         loop {
             if let Some(e) = t.out.pop_front() {
                 return Some((Ok::<_, std::convert::Infallible>(e), t));
@@ -349,14 +370,24 @@ async fn stream_log(
                     t.pending.push_str(&String::from_utf8_lossy(&bytes));
                     while let Some(i) = t.pending.find('\n') {
                         let line: String = t.pending.drain(..=i).collect();
-                        t.out
-                            .push_back(Event::default().data(line.trim_end_matches('\n')));
+                        let line = line.trim_end_matches('\n');
+                        let data = if text_only {
+                            crate::show::parse_log_line(line).1
+                        } else {
+                            line.to_string()
+                        };
+                        t.out.push_back(Event::default().data(data));
                     }
                 }
             }
             if ended {
                 if !t.pending.is_empty() {
                     let rest = std::mem::take(&mut t.pending);
+                    let rest = if text_only {
+                        crate::show::parse_log_line(&rest).1
+                    } else {
+                        rest
+                    };
                     t.out.push_back(Event::default().data(rest));
                 }
                 t.out
@@ -546,11 +577,25 @@ async fn decide(
 ) -> Result<Response, ApiError> {
     let who = caller(&svc, &headers)?;
     let body: DecisionBody = optional_json(&body)?;
+    let approval = record_decision(&svc, id, body.environment, body.comment, decision, who).await?;
+    Ok(Json(json!({ "approval": approval })).into_response())
+}
+
+/// Decide run `id`'s approval for `environment` (default: the run's) as
+/// `who`, and wake the dispatcher.
+pub(super) async fn record_decision(
+    svc: &Arc<Service>,
+    id: i64,
+    environment: Option<String>,
+    comment: Option<String>,
+    decision: Decision,
+    who: String,
+) -> Result<crate::queue::Approval, ApiError> {
     let run = svc.db(move |s| s.run(id)).await?;
-    let env = body.environment.unwrap_or_else(|| run.environment.clone());
+    let env = environment.unwrap_or_else(|| run.environment.clone());
     let (env2, who2) = (env.clone(), who.clone());
     let approval = svc
-        .db(move |s| s.decide_approval(id, &env2, decision, &who2, body.comment.as_deref()))
+        .db(move |s| s.decide_approval(id, &env2, decision, &who2, comment.as_deref()))
         .await
         .map_err(|e| match e.downcast_ref::<crate::queue::Error>() {
             Some(crate::queue::Error::NoSuchRun(_)) => ApiError::from(e),
@@ -565,7 +610,7 @@ async fn decide(
             ApprovalState::Pending => "pending",
         }
     ));
-    Ok(Json(json!({ "approval": approval })).into_response())
+    Ok(approval)
 }
 
 #[derive(Deserialize)]
@@ -600,7 +645,9 @@ async fn environments(State(svc): Svc, headers: HeaderMap) -> Result<Response, A
 #[cfg(test)]
 mod tests {
     /// The routes this file serves and the paths the OpenAPI document
-    /// describes are the same set: the document cannot fall behind.
+    /// describes are the same set: the document cannot fall behind. The
+    /// dashboard's pages (serve/pages.rs, merged into the router) are left
+    /// out on purpose: they are HTML for browsers, not API.
     #[test]
     fn the_openapi_document_describes_every_route_and_no_other() {
         let source = include_str!("http.rs");

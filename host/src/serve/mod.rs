@@ -8,6 +8,7 @@
 //! - `dispatch`: queued runs are claimed and executed; promotions follow.
 //! - `http`: the router (webhooks, API, `/healthz`, `/metrics`).
 //! - `metrics`: Prometheus exposition.
+//! - `pages`: the dashboard (HTML pages, signed in by cookie).
 //!
 //! Everything durable is in the SQLite store ([`crate::queue`]) under the data
 //! directory, next to the runs' workspaces; the runs' journals, logs and
@@ -21,6 +22,7 @@ mod dispatch;
 mod http;
 mod intake;
 mod metrics;
+mod pages;
 
 use crate::queue::{self, AsyncStore, Store};
 use crate::runtime::{Runtime, RuntimeOptions};

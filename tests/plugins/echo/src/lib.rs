@@ -26,6 +26,18 @@ struct Config {
     /// with the message as its `message` property.
     #[serde(default)]
     event: Option<String>,
+    /// Log `tick 1` .. `tick N`, one every `tick_ms`, before returning (a
+    /// log that grows while the stage runs).
+    #[serde(default)]
+    ticks: u32,
+    #[serde(default)]
+    tick_ms: u64,
+    /// More outputs (e.g. a `digest`), as given.
+    #[serde(default)]
+    outputs: std::collections::BTreeMap<String, String>,
+    /// The summary instead of `echoed N bytes`.
+    #[serde(default)]
+    summary: Option<String>,
 }
 
 struct Echo;
@@ -36,7 +48,7 @@ impl Guest for Echo {
             name: "echo".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Logs a message, optionally writes it to a file.".into(),
-            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"},"append":{"type":"string"},"sleep_ms":{"type":"integer"},"event":{"type":"string"}},"additionalProperties":false}"#.into(),
+            config_schema: r#"{"type":"object","required":["message"],"properties":{"message":{"type":"string"},"write":{"type":"string"},"secret":{"type":"string"},"stdout_lines":{"type":"integer"},"append":{"type":"string"},"sleep_ms":{"type":"integer"},"event":{"type":"string"},"ticks":{"type":"integer"},"tick_ms":{"type":"integer"},"outputs":{"type":"object","additionalProperties":{"type":"string"}},"summary":{"type":"string"}},"additionalProperties":false}"#.into(),
             capabilities: vec![],
         }
     }
@@ -55,6 +67,10 @@ impl Guest for Echo {
                 .open(path)
                 .map_err(|e| StageError::Failed(format!("cannot open {path}: {e}")))?;
             writeln!(f, "{}", ctx.stage).map_err(|e| StageError::Failed(e.to_string()))?;
+        }
+        for i in 1..=cfg.ticks {
+            gantry_sdk::info(format!("tick {i}"));
+            std::thread::sleep(std::time::Duration::from_millis(cfg.tick_ms));
         }
         if cfg.sleep_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(cfg.sleep_ms));
@@ -88,14 +104,18 @@ impl Guest for Echo {
                 annotations: vec![],
             });
         }
+        let mut outputs = vec![
+            ("message".into(), cfg.message.clone()),
+            ("upstream".into(), upstream.join(",")),
+            ("run-id".into(), ctx.run_id),
+        ];
+        outputs.extend(cfg.outputs);
         Ok(Outcome {
             artifacts,
-            outputs: vec![
-                ("message".into(), cfg.message.clone()),
-                ("upstream".into(), upstream.join(",")),
-                ("run-id".into(), ctx.run_id),
-            ],
-            summary: format!("echoed {} bytes", cfg.message.len()),
+            outputs,
+            summary: cfg
+                .summary
+                .unwrap_or_else(|| format!("echoed {} bytes", cfg.message.len())),
         })
     }
 }
