@@ -398,7 +398,7 @@ const SERVE_HELP: &str = "Examples:\n  gantry serve --config gantry-serve.yaml\n
     moment and start it again, and queued runs still run and running ones resume from their \
     journals.\n\n\
     The configuration file (YAML):\n  \
-    listen: 127.0.0.1:8700\n  data: .gantry-serve            # database and workspaces, relative to the file\n  \
+    listen: 127.0.0.1:8700\n  url: https://gantry.example.com   # run pages, ${{ run.url }}; default http://<listen>\n  data: .gantry-serve            # database and workspaces, relative to the file\n  \
     max-runs: 4\n  keep-workspaces: 20\n  \
     api-tokens:\n    - { name: alice, token: { env: GANTRY_TOKEN_ALICE } }\n  \
     repositories:\n    - name: hello\n      url: https://github.com/org/hello.git\n      \
@@ -444,6 +444,10 @@ struct ServeArgs {
     /// With --repo: accept API calls with the token in this environment variable.
     #[arg(long, value_name = "VAR", requires = "repo")]
     token_env: Option<String>,
+    /// With --repo: the address people reach the service at (links to run
+    /// pages, `${{ run.url }}`); default http:// + the listening address.
+    #[arg(long, value_name = "URL", requires = "repo")]
+    url: Option<String>,
     /// With --repo: the address to listen on.
     #[arg(
         long,
@@ -479,6 +483,7 @@ impl ServeArgs {
         });
         let config = ServeConfig {
             listen: self.listen,
+            url: self.url,
             data: Some(self.data),
             max_runs: 4,
             keep_workspaces: 20,
@@ -872,6 +877,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     via: "gantry promote".into(),
                 }),
                 previous_commit: None,
+                url: None,
                 cancel: None,
             };
             finish_run(

@@ -77,6 +77,8 @@ pub struct PromoteRequest {
     /// `run.previous-commit` when the caller knows it (`gantry serve`'s
     /// deployment history); `None`: looked up in the workspace's runs.
     pub previous_commit: Option<String>,
+    /// `run.url`: the new run's page, when a service runs it.
+    pub url: Option<String>,
     /// Stops the run (`gantry serve`); `None`: the process's signals do.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
@@ -317,6 +319,7 @@ pub async fn promote(
     let runs = ws_state
         .runs(true)?
         .ok_or_else(|| anyhow::anyhow!("cannot create the runs directory"))?;
+    trigger.url = req.url;
     // What the promotion replaces in its own environment, not the source's.
     trigger.previous_commit = match req.previous_commit {
         Some(c) => Some(c),
@@ -488,6 +491,7 @@ impl<'a> Started<'a> {
                 commit_messages,
                 repository,
                 previous_commit,
+                url,
                 ..
             } => Trigger {
                 commit: commit.clone(),
@@ -496,6 +500,7 @@ impl<'a> Started<'a> {
                 messages: commit_messages.clone(),
                 repository: repository.clone(),
                 previous_commit: previous_commit.clone(),
+                url: url.clone(),
             },
             _ => Trigger::default(),
         }
@@ -535,6 +540,7 @@ fn run_started(
         promoted_from,
         approval,
         previous_commit: trigger.previous_commit.clone(),
+        url: trigger.url.clone(),
     })
 }
 

@@ -10,6 +10,7 @@
 //!   `run.promoted-from` (the run a promotion carries results from; empty
 //!   otherwise), `run.previous-commit` (the commit of the last run of the
 //!   pipeline that succeeded in this environment; empty on the first one),
+//!   `run.url` (the run's page in `gantry serve`; empty under `gantry run`),
 //!   `stages.NAME.outputs.KEY`
 //!   (a key may hold dots: `stages.test.outputs.tests.passed`, or
 //!   `stages.test.outputs['tests.passed']`);
@@ -52,6 +53,7 @@ pub const RUN_FIELDS: &[&str] = &[
     "commit-messages",
     "promoted-from",
     "previous-commit",
+    "url",
 ];
 
 #[derive(Debug, Clone, PartialEq)]

@@ -49,6 +49,9 @@ pub struct ArtifactRecord {
     pub annotations: Vec<(String, String)>,
 }
 
+// One run-started per run among many small records, read once per resume:
+// boxing it would only make every match on it noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Record {
@@ -81,6 +84,9 @@ pub enum Record {
         /// run reports the same range of commits).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         previous_commit: Option<String>,
+        /// `run.url`: the run's page, when a service runs it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
         /// Who approved it, for an environment that requires approval.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         approval: Option<ApprovalRecord>,
@@ -334,6 +340,7 @@ mod tests {
             promoted_from: None,
             approval: None,
             previous_commit: None,
+            url: None,
         }
     }
 

@@ -356,6 +356,8 @@ pub struct Trigger {
     /// run's environment (what the run's deployment replaces); `None` on the
     /// first one, and before the executor looked it up.
     pub previous_commit: Option<String>,
+    /// The run's page (`gantry serve`), for links people follow.
+    pub url: Option<String>,
 }
 
 impl Trigger {
@@ -378,6 +380,7 @@ impl Trigger {
             messages,
             repository: None,
             previous_commit: None,
+            url: None,
         }
     }
 }
@@ -792,6 +795,7 @@ impl Pipeline<'_> {
                 "ref" => Some(self.trigger.reference.clone().unwrap_or_default()),
                 "commit-messages" => Some(self.trigger.messages.join("\n\n")),
                 "previous-commit" => Some(self.trigger.previous_commit.clone().unwrap_or_default()),
+                "url" => Some(self.trigger.url.clone().unwrap_or_default()),
                 "promoted-from" => Some(self.promoted_from.clone().unwrap_or_default()),
                 "environment" => Some(self.plan.environment.clone()),
                 "pipeline" => Some(self.plan.pipeline.clone()),

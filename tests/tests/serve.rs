@@ -486,20 +486,30 @@ fn promotion_reuses_the_build_waits_for_approval_and_a_rejection_never_deploys()
     // `run.previous-commit`, from the service's deployment history: each
     // second-commit run replaced the first commit where it ran, except in
     // production, where the rejected first commit never went.
-    let previous = |run: i64| -> Value {
+    let started = |run: i64| -> Value {
         let shown = serve
             .api("GET", &format!("/api/v1/runs/{run}"), None)
             .json();
         let journal = journal_text(&serve, shown["run"]["journal_run_id"].as_str().unwrap());
-        let started: Value = serde_json::from_str(journal.lines().next().unwrap()).unwrap();
-        started["previous_commit"].clone()
+        serde_json::from_str(journal.lines().next().unwrap()).unwrap()
     };
+    let previous = |run: i64| started(run)["previous_commit"].clone();
     let staging2 = serve.wait_for_run(LONG, |r| {
         r["environment"] == "staging" && r["commit"] == second.as_str()
     });
     assert_eq!(previous(ci2), first.as_str());
     assert_eq!(previous(staging2["id"].as_i64().unwrap()), first.as_str());
     assert_eq!(previous(prod2), Value::Null);
+    // `run.url`: each run's page on this service (promotions included).
+    for run in [ci2, prod2] {
+        let url = started(run)["url"].as_str().unwrap_or_default().to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:") && url.ends_with(&format!("/runs/{run}")),
+            "{url}"
+        );
+        let page = serve.http("GET", &format!("/runs/{run}"), &[], b"");
+        assert_ne!(page.status, 404, "the page run.url names exists");
+    }
 }
 
 #[test]

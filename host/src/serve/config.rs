@@ -18,6 +18,12 @@ pub struct ServeConfig {
     /// `127.0.0.1:8700`; a port of 0 picks a free one (printed at start).
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// The address people reach the service at, e.g.
+    /// `https://gantry.example.com` behind a proxy that terminates TLS. Run
+    /// pages are linked as `<url>/runs/<n>` (`${{ run.url }}`). Default:
+    /// `http://` + the address it listens on.
+    #[serde(default)]
+    pub url: Option<String>,
     /// Where the service keeps its database and run workspaces, relative to
     /// this file. Default `.gantry-serve` beside it.
     #[serde(default)]
@@ -171,6 +177,14 @@ impl Loaded {
                 "no repository to watch; add one (name, url, manifest)".into(),
             );
         }
+        if let Some(url) = &config.url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            err(
+                "url".into(),
+                format!("`{url}` is not an http:// or https:// address"),
+            );
+        }
         if config.max_runs == 0 {
             err("max-runs".into(), "must be at least 1".into());
         }
@@ -302,7 +316,7 @@ mod tests {
     #[test]
     fn every_mistake_is_named_by_field() {
         let e = load(
-            "listen: nowhere\nmax-runs: 0\nrepositories:\n  \
+            "listen: nowhere\nurl: gantry.example.com\nmax-runs: 0\nrepositories:\n  \
              - { name: \"bad name\", url: \"--upload-pack=x\", manifest: ../up.yaml, poll: soon }\n  \
              - { name: ok, url: \"https://git.example/a.git\", azure-devops: { username: u } }\n  \
              - { name: ok, url: \"https://git.example/b.git\", azure-devops: {} }\n",
@@ -310,6 +324,7 @@ mod tests {
         .unwrap_err();
         for needle in [
             "listen: `nowhere`",
+            "url: `gantry.example.com` is not an http:// or https:// address",
             "max-runs: must be at least 1",
             "repositories[0].name",
             "repositories[0].url",

@@ -213,6 +213,7 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
         messages,
         repository: Some(run.repository.clone()),
         previous_commit: previous.clone(),
+        url: Some(format!("{}/runs/{}", svc.public_url, run.id)),
     };
     let runtime = &svc.runtime;
     let cancel = Some(token.clone());
@@ -263,6 +264,7 @@ async fn drive(svc: &Arc<Service>, run: &Run, token: &CancellationToken) -> anyh
                 run_id: Some(journal_id),
                 approver: approval_by(svc, run).await?,
                 previous_commit: previous,
+                url: trigger.url.clone(),
                 cancel,
             },
         )

@@ -64,6 +64,9 @@ pub struct Service {
     shutdown: CancellationToken,
     metrics: metrics::Metrics,
     verbose: bool,
+    /// Where people reach the service (no trailing `/`): run pages are
+    /// `<public_url>/runs/<n>`.
+    public_url: String,
 }
 
 impl Service {
@@ -177,6 +180,13 @@ pub async fn serve(loaded: Loaded, options: RuntimeOptions, verbose: bool) -> an
         shutdown: CancellationToken::new(),
         metrics: metrics::Metrics::new(),
         verbose,
+        public_url: loaded
+            .config
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_string(),
     });
     service.say(&format!(
         "gantry serve: listening on http://{addr} ({} repositor{}, data in {})",

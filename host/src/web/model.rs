@@ -407,6 +407,8 @@ mod tests {
             repository: None,
             promoted_from: None,
             approval: None,
+            previous_commit: None,
+            url: None,
         }
     }
 

@@ -559,6 +559,8 @@ mod tests {
                 repository: None,
                 promoted_from: None,
                 approval: None,
+                previous_commit: None,
+                url: None,
             },
             Record::StageStarted {
                 stage: "build".into(),
