@@ -21,6 +21,8 @@
 //! - [`templates`]: `gantry plugins new`, a plugin project per language.
 //! - [`triggers`], [`webhook`] and [`git`]: which pushes start a run, webhook
 //!   deliveries (GitHub, Azure DevOps), polling and checkouts with real git.
+//! - [`kubernetes`]: stages as Kubernetes Jobs (`executor: kubernetes`), and the
+//!   single-stage worker (`gantry stage`) their pods run.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -32,6 +34,7 @@ pub mod expr;
 mod fuzz;
 pub mod git;
 pub mod journal;
+pub mod kubernetes;
 pub mod manifest;
 pub mod nofollow;
 pub mod oci;
