@@ -194,3 +194,427 @@ fn three_stages_run_as_jobs_and_share_the_workspace() {
     // The stage Secrets went once their pods ended.
     assert!(c.api.objects("v1", "secrets", "ci").is_empty());
 }
+
+impl Cluster {
+    /// `gantry run` in the background, output discarded.
+    fn spawn(&self) -> std::process::Child {
+        self.ws
+            .command(&["run", "pipeline.yaml"])
+            .env("KJ_TOKEN", "s3cret-token-value")
+            .env("KJ_OTHER", "other-secret-value")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The first Job, once its pod's container runs.
+    fn wait_for_running_pod(&self) -> String {
+        let mut name = String::new();
+        wait_until("a running stage pod", Duration::from_secs(120), || {
+            let pods = self.api.objects("v1", "pods", "ci");
+            match pods.iter().find(|p| p["status"]["phase"] == "Running") {
+                Some(p) => {
+                    name = p["metadata"]["labels"]["batch.kubernetes.io/job-name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        name
+    }
+
+    /// The spec.json each pod was given (its Secret volume, as the kubelet
+    /// wrote it), by stage.
+    fn pod_specs(&self) -> Vec<Value> {
+        let mut specs = vec![];
+        for pod in std::fs::read_dir(self._pods.path().join("pods")).unwrap() {
+            let file = pod.unwrap().path().join("volumes/spec/spec.json");
+            if let Ok(text) = std::fs::read_to_string(file) {
+                specs.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+        specs
+    }
+
+    /// The mount points of the container that ran Job `job`.
+    fn container_mounts(&self, job: &str) -> Vec<String> {
+        let id = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=gantry-test-kubelet=1",
+            "--filter",
+            &format!("name=kube-{job}-"),
+        ]);
+        assert!(!id.is_empty(), "no container for Job {job}");
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Destination}} {{end}}",
+            &id,
+        ])
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+    }
+}
+
+fn job_condition(job: &Value) -> (String, String) {
+    job["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failing_stage_is_reported_with_the_jobs_reason() {
+    let c = Cluster::start();
+    c.manifest(
+        "  - name: broken\n    uses: echo\n    with: { message: x, write: no/such/dir/file.txt }\n    \
+         permissions: { workspace: write }\n\
+         \x20 - name: after\n    uses: echo\n    needs: [broken]\n    with: { message: never }\n",
+    );
+    let out = c.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("broken");
+    assert!(line.starts_with('✘'), "{line}");
+    // The plugin's own error, from the pod's report, and the Job's reason.
+    assert!(
+        line.contains("failed: cannot write no/such/dir/file.txt"),
+        "{line}"
+    );
+    assert!(line.contains("BackoffLimitExceeded, exit code 1"), "{line}");
+    assert!(out.stage_line("after").starts_with('⊘'), "{}", out.all());
+    let jobs = c.jobs();
+    assert_eq!(jobs.len(), 1, "a skipped stage makes no Job");
+    assert_eq!(
+        job_condition(&jobs[0]),
+        ("Failed".into(), "BackoffLimitExceeded".into())
+    );
+}
+
+#[test]
+fn a_stage_past_its_timeout_fails_with_deadline_exceeded() {
+    let c = Cluster::start();
+    c.manifest(
+        "  - name: slow\n    uses: echo\n    with: { message: zzz, sleep_ms: 60000 }\n    timeout: 4s\n",
+    );
+    let started = Instant::now();
+    let out = c.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("slow");
+    assert!(
+        line.contains("timeout: stage `slow` did not finish within its timeout of 4s"),
+        "{line}"
+    );
+    assert!(line.contains("DeadlineExceeded"), "{line}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the Job's deadline stopped it"
+    );
+    let jobs = c.jobs();
+    assert_eq!(jobs[0]["spec"]["activeDeadlineSeconds"], 4);
+    assert_eq!(
+        job_condition(&jobs[0]),
+        ("Failed".into(), "DeadlineExceeded".into())
+    );
+    // Its pod was deleted, and the kubelet removed the container.
+    wait_until("the pod's container to go", Duration::from_secs(30), || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=gantry-test-kubelet=1",
+            "--filter",
+            "name=kube-gantry-slow-",
+        ])
+        .is_empty()
+    });
+}
+
+#[test]
+fn cancel_deletes_the_job() {
+    let c = Cluster::start();
+    c.manifest("  - name: long\n    uses: echo\n    with: { message: zzz, sleep_ms: 60000 }\n");
+    let child = c.spawn();
+    let job = c.wait_for_running_pod();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    // Deleted with background propagation: the Job, its pod and its Secret.
+    assert!(c.jobs().is_empty(), "{:#?}", c.jobs());
+    assert!(c.api.objects("v1", "pods", "ci").is_empty());
+    assert!(c.api.objects("v1", "secrets", "ci").is_empty());
+    let deletes: Vec<String> = c
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "DELETE" && p.contains(&format!("/jobs/{job}")))
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    wait_until("the pod's container to go", Duration::from_secs(30), || {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=gantry-test-kubelet=1",
+            "--filter",
+            &format!("name=kube-{job}-"),
+        ])
+        .is_empty()
+    });
+}
+
+#[test]
+fn a_resumed_host_reattaches_instead_of_starting_a_second_job() {
+    let c = Cluster::start();
+    c.manifest(
+        "  - name: long\n    uses: echo\n    with: { message: done, sleep_ms: 5000, append: ran.txt }\n    \
+         permissions: { workspace: write }\n\
+         \x20 - name: next\n    uses: echo\n    needs: [long]\n    with: { message: \"${{ stages.long.outputs.message }}\" }\n",
+    );
+    let mut child = c.spawn();
+    let job = c.wait_for_running_pod();
+    // SIGKILL: the host has no chance to clean up; the Job runs on.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let journal = c.ws.only_journal().unwrap();
+    assert!(
+        read(&journal).contains(&format!("\"job\":\"{job}\"")),
+        "the Job is journaled"
+    );
+    let run_id = journal
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let mut cmd = c.ws.command(&["resume", &run_id]);
+    cmd.env("KJ_TOKEN", "s3cret-token-value")
+        .env("KJ_OTHER", "other-secret-value");
+    let out = cmd.output().unwrap();
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains(&format!("long: re-attaching to Job ci/{job}")),
+        "{all}"
+    );
+    // One Job for `long` (the one the killed host made), one for `next`.
+    let jobs = c.jobs();
+    let long: Vec<&Value> = jobs
+        .iter()
+        .filter(|j| j["metadata"]["labels"]["gantry.dev/stage"] == "long")
+        .collect();
+    assert_eq!(long.len(), 1, "{jobs:#?}");
+    assert_eq!(
+        read(&c.ws.path().join("ran.txt")),
+        "long\n",
+        "the stage ran once"
+    );
+    assert!(
+        all.contains("echo: done"),
+        "the next stage got its output: {all}"
+    );
+}
+
+#[test]
+fn only_stages_granted_cluster_get_a_token_and_secrets_reach_only_their_pod() {
+    let c = Cluster::start();
+    c.manifest(
+        "  - name: plain\n    uses: echo\n    with: { message: plain, secret: token }\n    \
+         permissions: { secrets: [token] }\n\
+         \x20 - name: deployer\n    uses: echo\n    with: { message: deploy }\n    \
+         permissions: { cluster: { namespaces: [ci] } }\n",
+    );
+    let out = c.run();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    // The granted secret reached the stage, and its log is redacted.
+    assert!(out.all().contains("secret token is"), "{}", out.all());
+    assert!(!out.all().contains("s3cret-token-value"), "{}", out.all());
+    let specs = c.pod_specs();
+    assert_eq!(specs.len(), 2);
+    for spec in &specs {
+        let secrets = spec["secrets"].as_object().unwrap();
+        match spec["stage"].as_str().unwrap() {
+            "plain" => assert_eq!(secrets.keys().collect::<Vec<_>>(), ["token"]),
+            "deployer" => assert!(secrets.is_empty(), "{spec:#}"),
+            other => panic!("unexpected stage {other}"),
+        }
+        assert!(
+            !serde_json::to_string(spec)
+                .unwrap()
+                .contains("other-secret-value")
+        );
+    }
+    let jobs = c.jobs();
+    let job = |stage: &str| {
+        jobs.iter()
+            .find(|j| j["metadata"]["labels"]["gantry.dev/stage"] == stage)
+            .unwrap()["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount".to_string();
+    assert!(!c.container_mounts(&job("plain")).contains(&sa));
+    assert!(c.container_mounts(&job("deployer")).contains(&sa));
+}
+
+/// Against a real cluster: `KUBECONFIG` names it, `GANTRY_KUBE_IMAGE` the
+/// gantry image it can pull, `GANTRY_KUBE_NAMESPACE` and `GANTRY_KUBE_CLAIM`
+/// a namespace and a ReadWriteMany claim this machine also mounts at
+/// `GANTRY_KUBE_WORKSPACE`.
+#[test]
+fn on_a_real_cluster() {
+    let vars = [
+        "KUBECONFIG",
+        "GANTRY_KUBE_IMAGE",
+        "GANTRY_KUBE_NAMESPACE",
+        "GANTRY_KUBE_CLAIM",
+        "GANTRY_KUBE_WORKSPACE",
+    ];
+    let missing: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|v| std::env::var(v).is_err())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipped: no real cluster configured ({} not set); this test needs a cluster, an \
+             image it can pull and a claim shared with this machine",
+            missing.join(", ")
+        );
+        return;
+    }
+    let env = |v: &str| std::env::var(v).unwrap();
+    let ws = PathBuf::from(env("GANTRY_KUBE_WORKSPACE"));
+    std::fs::copy(plugin("echo"), ws.join("echo.wasm")).unwrap();
+    std::fs::write(
+        ws.join("pipeline.yaml"),
+        format!(
+            "pipeline: kube-real\nexecutor:\n  kubernetes: {{ namespace: {}, image: \"{}\", workspace-claim: {} }}\n\
+             plugins:\n  echo: {{ path: echo.wasm }}\nstages:\n  - name: hello\n    uses: echo\n    with: {{ message: hi, append: real.txt }}\n    permissions: {{ workspace: write }}\n",
+            env("GANTRY_KUBE_NAMESPACE"),
+            env("GANTRY_KUBE_IMAGE"),
+            env("GANTRY_KUBE_CLAIM")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(gantry())
+        .args(["run", "pipeline.yaml"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(read(&ws.join("real.txt")).contains("hello"));
+}
+
+#[test]
+fn a_job_that_finished_while_the_host_was_down_is_read_not_run_again() {
+    let c = Cluster::start();
+    c.manifest(
+        "  - name: long\n    uses: echo\n    with: { message: done, sleep_ms: 2000, append: ran.txt }\n    \
+         permissions: { workspace: write }\n",
+    );
+    let mut child = c.spawn();
+    let job = c.wait_for_running_pod();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the Job to complete", Duration::from_secs(60), || {
+        c.jobs()
+            .first()
+            .is_some_and(|j| job_condition(j).0 == "Complete")
+    });
+    let journal = c.ws.only_journal().unwrap();
+    let run_id = journal
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let out = c.ws.gantry(&["resume", &run_id, "--output", "json"]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains(&format!(
+            "re-attaching to Job ci/{job}, finished (Complete) while the host was down"
+        )),
+        "{}",
+        out.all()
+    );
+    assert_eq!(out.outputs("long")["message"], "done");
+    assert_eq!(c.jobs().len(), 1);
+    assert_eq!(read(&c.ws.path().join("ran.txt")), "long\n");
+}
+
+#[test]
+fn a_report_too_big_for_the_termination_message_is_spilled_and_checked() {
+    let c = Cluster::start();
+    let big = "x".repeat(6000);
+    c.manifest(&format!(
+        "  - name: big\n    uses: echo\n    with: {{ message: \"{big}\" }}\n"
+    ));
+    let mut cmd = c.ws.command(&["run", "pipeline.yaml", "--output", "json"]);
+    cmd.env("KJ_TOKEN", "a-token-value")
+        .env("KJ_OTHER", "an-other-value");
+    let out = cmd.output().unwrap();
+    let out = gantry_e2e::Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(out.outputs("big")["message"], big.as_str());
+    let pods = c.api.objects("v1", "pods", "ci");
+    let message = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.len() < 4096 && message.contains("\"spilled\""),
+        "{message}"
+    );
+    // The host removed the spilled report once read.
+    let results = c.ws.path().join(".gantry/kube-results");
+    let left: Vec<_> = walk(&results);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
