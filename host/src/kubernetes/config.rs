@@ -26,7 +26,7 @@ struct ExecutorFull {
 /// The schema of [`Executor`]: `local`, or the long form.
 #[derive(schemars::JsonSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)]
 enum ExecutorSchema {
     Local(LocalWord),
     Full(ExecutorFull),

@@ -230,7 +230,7 @@ async fn run_spec(
             &spec.environment,
         )),
     };
-    let mut limits = unit.limits.clone();
+    let mut limits = unit.limits;
     limits.timeout = Duration::from_millis(spec.timeout_ms) + TIMER_GRACE;
     let context = StageContext {
         run_id: spec.run_id.clone(),
