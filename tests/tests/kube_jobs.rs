@@ -5,7 +5,7 @@
 //! stage's plugin on the workspace claim (a host directory: the workspace).
 
 use gantry_e2e::kube::KubeApi;
-use gantry_e2e::{Registry, Workspace, gantry, plugin, require_docker};
+use gantry_e2e::{Registry, Workspace, gantry, plugin, repo, require_docker};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,32 +23,66 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// The gantry image, once per test process: the binary under test and the
-/// shared libraries it links (`ldd`), on `scratch` (no base image to fetch).
+/// Run the repository's image pipeline (examples/gantry-image, debug build):
+/// gantry builds its own image, daemonless, as an OCI layout. The image's
+/// manifest digest.
+fn build_gantry_image() -> String {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(gantry())
+        .args([
+            "run",
+            "examples/gantry-image/pipeline.yaml",
+            "--env",
+            "debug",
+        ])
+        .current_dir(repo())
+        .env("GANTRY_STATE_DIR", state.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the image pipeline failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("✔ image"))
+        .unwrap_or_else(|| panic!("no image line in:\n{stdout}"));
+    line.split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("the image stage names its digest")
+        .to_string()
+}
+
+/// A blob of the image layout the pipeline wrote.
+fn layout_blob(digest: &str) -> PathBuf {
+    repo()
+        .join(".gantry/images/gantry/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The gantry image for the pods, once per test process: the one gantry
+/// built of itself (its single layer imported into the engine, with its
+/// entrypoint), so that the pods run the binary under test.
 fn local_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let ctx = tempfile::tempdir().unwrap();
-        let root = ctx.path().join("rootfs");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::copy(gantry(), root.join("gantry")).unwrap();
-        let ldd = Command::new("ldd").arg(gantry()).output().unwrap();
-        for lib in String::from_utf8_lossy(&ldd.stdout)
-            .split_whitespace()
-            .filter(|w| w.starts_with('/'))
-        {
-            let to = root.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &to).unwrap();
-        }
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY rootfs/ /\nENV HOME=/tmp\nENTRYPOINT [\"/gantry\"]\n",
-        )
-        .unwrap();
+        let digest = build_gantry_image();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(layout_blob(&digest)).unwrap()).unwrap();
+        let layer = layout_blob(manifest["layers"][0]["digest"].as_str().unwrap());
         let tag = format!("gantry-kube-jobs-test:{}", std::process::id());
-        docker(&["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()]);
+        docker(&[
+            "import",
+            "--change",
+            "ENTRYPOINT [\"/gantry\"]",
+            "--change",
+            "ENV HOME=/tmp",
+            layer.to_str().unwrap(),
+            &tag,
+        ]);
         tag
     })
 }
@@ -617,4 +651,44 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn the_gantry_image_is_built_by_gantry_reproducibly() {
+    let first = {
+        local_image();
+        build_gantry_image()
+    };
+    let again = build_gantry_image();
+    assert_eq!(first, again, "the same binary gives the same image digest");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(layout_blob(&again)).unwrap()).unwrap();
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(layout_blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["config"]["Entrypoint"], json!(["/gantry"]));
+    // scratch + the binary + what it links: nothing else.
+    let layer = std::fs::File::open(layout_blob(
+        manifest["layers"][0]["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(layer));
+    let files: Vec<String> = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type().is_file())
+        .map(|e| e.path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.trim_start_matches('/') == "gantry"),
+        "{files:?}"
+    );
+    assert!(files.iter().any(|f| f.contains("libc.so")), "{files:?}");
+    assert!(files.iter().any(|f| f.contains("ld-linux")), "{files:?}");
+    assert!(
+        files.len() <= 8,
+        "only the binary and its libraries: {files:?}"
+    );
 }
