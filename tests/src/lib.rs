@@ -7,6 +7,7 @@ pub mod cosign;
 pub mod docker;
 pub mod git;
 pub mod kube;
+pub mod kube_jobs;
 pub mod oci;
 pub mod registry_auth;
 pub mod serve;

@@ -433,6 +433,7 @@ impl Attempt<'_> {
             ns.clone(),
             name.clone(),
             self.log.clone(),
+            self.reporter.clone(),
         ));
         let end = tokio::select! {
             end = wait_for_job(jobs.clone(), &name) => end?,
@@ -627,7 +628,13 @@ async fn pod_problem(client: kube::Client, ns: &str, job: &str) -> (String, Stri
 
 /// Stream the pod's log (`follow=true`) into the stage log, from the moment
 /// its container runs until it ends.
-async fn follow_log(client: kube::Client, ns: String, job: String, log: Arc<StageLog>) {
+async fn follow_log(
+    client: kube::Client,
+    ns: String,
+    job: String,
+    log: Arc<StageLog>,
+    reporter: Arc<dyn crate::report::Reporter>,
+) {
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let selector = ListParams::default().labels(&format!("{LABEL_JOB}={job}"));
     let pod = loop {
@@ -659,6 +666,12 @@ async fn follow_log(client: kube::Client, ns: String, job: String, log: Arc<Stag
     };
     let mut lines = stream.lines();
     while let Some(Ok(line)) = lines.next().await {
+        // The worker's own notes (compile cache, ...) are the host's debug
+        // output, as they are locally; the rest is the stage's log.
+        if let Some(note) = line.strip_prefix("gantry: ") {
+            reporter.debug(&format!("{job}: {note}"));
+            continue;
+        }
         let (level, text) = super::worker::parse_line(&line);
         log.write(level, text);
     }
