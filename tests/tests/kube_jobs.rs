@@ -457,3 +457,40 @@ fn the_gantry_image_is_built_by_gantry_reproducibly() {
         "only the binary and its libraries: {files:?}"
     );
 }
+
+#[test]
+fn a_missing_claim_or_an_image_that_cannot_be_pulled_fails_the_stage_at_once() {
+    let c = Cluster::start();
+    c.manifest("  - name: one\n    uses: echo\n    with: { message: hi }\n");
+    let manifest = c.ws.path().join("pipeline.yaml");
+    let text = read(&manifest);
+    std::fs::write(
+        &manifest,
+        text.replace("workspace-claim: ws", "workspace-claim: nope"),
+    )
+    .unwrap();
+    let out = c.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("one");
+    assert!(line.contains("the workspace claim ci/nope"), "{line}");
+    assert!(c.jobs().is_empty(), "no Job without its claim");
+
+    let unpullable = text.replace(&c.image, "127.0.0.1:9/gantry:missing");
+    std::fs::write(&manifest, unpullable).unwrap();
+    let started = Instant::now();
+    let out = c.run();
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out.stage_line("one");
+    assert!(
+        line.contains("transient: its pod could not start: ErrImagePull"),
+        "{line}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it did not wait for a deadline"
+    );
+    // The Job was deleted rather than left pending.
+    wait_until("the Job to go", Duration::from_secs(10), || {
+        c.jobs().is_empty()
+    });
+}

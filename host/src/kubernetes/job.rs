@@ -456,6 +456,25 @@ impl Attempt<'_> {
         let ns = &self.cfg.namespace;
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        // A missing claim would leave the pod pending until its deadline.
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), ns);
+        let claim = &self.cfg.workspace_claim;
+        if claims
+            .get_opt(claim)
+            .await
+            .with_context(|| {
+                format!(
+                    "reading PersistentVolumeClaim {ns}/{claim} (RBAC: get persistentvolumeclaims)"
+                )
+            })?
+            .is_none()
+        {
+            anyhow::bail!(
+                "the workspace claim {ns}/{claim} (`executor.kubernetes.workspace-claim`) does \
+                 not exist: create a ReadWriteMany PersistentVolumeClaim holding the workspace"
+            );
+        }
         let secret: Secret = serde_json::from_value(secret_object(self.cfg, name, &self.spec)?)?;
         secrets
             .create(&PostParams::default(), &secret)
