@@ -9,7 +9,8 @@
 //!   aggregated discovery is not offered, so clients fall back to these), and an
 //!   OpenAPI v3 index whose PATCH operations declare `fieldValidation`, which is what
 //!   makes `kubectl apply` skip client-side schema validation.
-//! - Types: v1 namespaces, pods, services, configmaps, secrets; apps/v1 deployments,
+//! - Types: v1 namespaces, pods, services, configmaps, secrets,
+//!   persistentvolumeclaims; batch/v1 jobs; apps/v1 deployments,
 //!   replicasets; autoscaling/v2 horizontalpodautoscalers; networking.k8s.io/v1
 //!   ingresses; `/status` subresources (main writes keep status, status writes keep
 //!   spec).
@@ -38,6 +39,13 @@
 //!   status (replica counts, Available and Progressing conditions, including
 //!   ProgressDeadlineExceeded) a real controller reports, so `kubectl rollout
 //!   status`/`undo` behave as on a cluster.
+//! - batch/v1 Jobs (conditions `Complete`/`Failed` with `BackoffLimitExceeded`
+//!   and `DeadlineExceeded`, `ttlSecondsAfterFinished`), v1
+//!   persistentvolumeclaims (bound at once), `pods/log` (with `follow=true`),
+//!   DELETE with `propagationPolicy` (`Orphan` keeps the dependents), and a
+//!   kubelet that runs the pods of Jobs for real on the Docker engine once a
+//!   test asks ([`KubeApi::run_pods_on_docker`]; see `jobs.rs` for what it
+//!   does and simplifies).
 //! - Namespaces: `default`, `kube-system`, `kube-public`, `kube-node-lease` exist;
 //!   writing into any other namespace needs it created first (404 otherwise), as on
 //!   a real server. Deleting a namespace deletes its contents at once.

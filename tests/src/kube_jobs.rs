@@ -22,18 +22,20 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Run the repository's image pipeline (examples/gantry-image, debug build):
-/// gantry builds its own image, daemonless, as an OCI layout. The image's
-/// manifest digest.
+/// Run the repository's image pipeline (examples/gantry-image): gantry builds
+/// its own image, daemonless, as an OCI layout. Its cargo build is the one
+/// the tests run (debug, or release in a release test run) in the
+/// repository's `target/`, so with the default target directory it finds
+/// the binary built already. The image's manifest digest.
 pub fn build_gantry_image() -> String {
     let state = tempfile::tempdir().unwrap();
+    let env = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "default"
+    };
     let out = Command::new(gantry())
-        .args([
-            "run",
-            "examples/gantry-image/pipeline.yaml",
-            "--env",
-            "debug",
-        ])
+        .args(["run", "examples/gantry-image/pipeline.yaml", "--env", env])
         .current_dir(repo())
         .env("GANTRY_STATE_DIR", state.path())
         .env("NO_COLOR", "1")

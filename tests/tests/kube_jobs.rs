@@ -83,10 +83,21 @@ fn a_failing_stage_is_reported_with_the_jobs_reason() {
     c.manifest(
         "  - name: broken\n    uses: echo\n    with: { message: x, write: no/such/dir/file.txt }\n    \
          permissions: { workspace: write }\n\
-         \x20 - name: after\n    uses: echo\n    needs: [broken]\n    with: { message: never }\n",
+         \x20 - name: after\n    uses: echo\n    needs: [broken]\n    with: { message: never }\n\
+         \x20 - name: nosy\n    uses: echo\n    with: { message: x, secret: other }\n",
     );
     let out = c.run();
     assert_eq!(out.code, Some(1), "{}", out.all());
+    // A refusal in the pod is reported by the host, as locally.
+    let nosy = out.stage_line("nosy");
+    assert!(nosy.starts_with('✘') && nosy.contains("denied"), "{nosy}");
+    assert!(
+        out.all()
+            .lines()
+            .any(|l| l.trim_start().starts_with("denied:") && l.contains("other")),
+        "{}",
+        out.all()
+    );
     let line = out.stage_line("broken");
     assert!(line.starts_with('✘'), "{line}");
     // The plugin's own error, from the pod's report, and the Job's reason.
@@ -97,11 +108,13 @@ fn a_failing_stage_is_reported_with_the_jobs_reason() {
     assert!(line.contains("BackoffLimitExceeded, exit code 1"), "{line}");
     assert!(out.stage_line("after").starts_with('⊘'), "{}", out.all());
     let jobs = c.jobs();
-    assert_eq!(jobs.len(), 1, "a skipped stage makes no Job");
-    assert_eq!(
-        job_condition(&jobs[0]),
-        ("Failed".into(), "BackoffLimitExceeded".into())
-    );
+    assert_eq!(jobs.len(), 2, "a skipped stage makes no Job");
+    for job in &jobs {
+        assert_eq!(
+            job_condition(job),
+            ("Failed".into(), "BackoffLimitExceeded".into())
+        );
+    }
 }
 
 #[test]

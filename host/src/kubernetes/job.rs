@@ -416,17 +416,15 @@ impl Attempt<'_> {
                 let name = job_name(&self.spec.run_id, stage, self.spec.attempt);
                 // Journaled first: a host killed after the create finds it on resume.
                 record(&name).context("journaling the Job's name")?;
+                // Registered before the create: a cancel while it is under way
+                // deletes it too (or finds nothing to delete).
+                self.register(&name);
                 self.create(&name).await?;
                 name
             }
             (Some(_), None) => unreachable!("a Job is read only when one was named"),
         };
-        live().push((
-            self.spec.run_id.clone(),
-            self.client.clone(),
-            ns.clone(),
-            name.clone(),
-        ));
+        self.register(&name);
         self.reporter.debug(&format!("{stage}: Job {ns}/{name}"));
         let follow = tokio::spawn(follow_log(
             self.client.clone(),
@@ -449,6 +447,19 @@ impl Attempt<'_> {
         // The spec (with the stage's secrets) is not needed once the pod ended.
         let _ = secrets.delete(&name, &DeleteParams::background()).await;
         self.outcome(&name, end).await
+    }
+
+    /// What a cancel of the run deletes (once per name).
+    fn register(&self, name: &str) {
+        let mut all = live();
+        if !all.iter().any(|(_, _, _, n)| n == name) {
+            all.push((
+                self.spec.run_id.clone(),
+                self.client.clone(),
+                self.cfg.namespace.clone(),
+                name.to_string(),
+            ));
+        }
     }
 
     async fn create(&self, name: &str) -> anyhow::Result<()> {
@@ -534,6 +545,8 @@ impl Attempt<'_> {
             })
             .transpose()?;
         let exit = terminated.as_ref().map(|t| t.exit_code);
+        // What the sandbox refused in the pod, for the host to report.
+        let denials = report.as_ref().map_or_else(Vec::new, |r| r.denials.clone());
         let job_said = match (&kind[..], reason.as_str()) {
             ("Complete", _) => None,
             (_, "DeadlineExceeded") => Some(format!(
@@ -578,7 +591,6 @@ impl Attempt<'_> {
                 }
             }
         };
-        let denials = Vec::new();
         Ok(JobOutcome {
             outcome,
             denials,
