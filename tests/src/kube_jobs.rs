@@ -74,7 +74,9 @@ pub fn local_image() -> &'static str {
         let manifest: Value =
             serde_json::from_slice(&std::fs::read(layout_blob(&digest)).unwrap()).unwrap();
         let layer = layout_blob(manifest["layers"][0]["digest"].as_str().unwrap());
-        let tag = format!("gantry-kube-jobs-test:{}", std::process::id());
+        // One tag for every test process: a new import replaces the last
+        // (its layer is the same when the binary is).
+        let tag = "gantry-kube-jobs-test:latest".to_string();
         docker(&[
             "import",
             "--change",
@@ -247,5 +249,14 @@ impl Cluster {
         .split_whitespace()
         .map(String::from)
         .collect()
+    }
+}
+
+impl Drop for Cluster {
+    /// The image the kubelet pulled from this cluster's registry goes with it.
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
     }
 }
