@@ -712,6 +712,79 @@ async fn follow_log(
 mod tests {
     use super::*;
 
+    fn cfg() -> KubeJobs {
+        KubeJobs {
+            namespace: "ci".into(),
+            image: "reg/gantry@sha256:ab".into(),
+            workspace_claim: "ws".into(),
+            service_account: Some("stages".into()),
+            requests: [("cpu".to_string(), "250m".to_string())].into(),
+            limits: Default::default(),
+            node_selector: [("pool".to_string(), "ci".to_string())].into(),
+            image_pull_secrets: vec!["pull".into()],
+            ttl_seconds_after_finished: 600,
+        }
+    }
+
+    fn spec() -> StageSpec {
+        StageSpec {
+            version: SPEC_VERSION,
+            run_id: "19a-00ff".into(),
+            pipeline: "p".into(),
+            environment: "default".into(),
+            stage: "build".into(),
+            attempt: 1,
+            manifest: "pipeline.yaml".into(),
+            manifest_sha256: "sha256:00".into(),
+            plugin_digest: "sha256:11".into(),
+            config: "{}".into(),
+            inputs: vec![],
+            upstream: vec![],
+            secrets: [("token".to_string(), "v".to_string())].into(),
+            env: Default::default(),
+            timeout_ms: 90_500,
+        }
+    }
+
+    #[test]
+    fn the_job_maps_the_stage_and_the_executor() {
+        let job = job_object(&cfg(), "gantry-build-1", &spec(), false);
+        let spec_ = &job["spec"];
+        assert_eq!(spec_["backoffLimit"], 0);
+        assert_eq!(
+            spec_["activeDeadlineSeconds"], 91,
+            "the timeout, rounded up"
+        );
+        assert_eq!(spec_["ttlSecondsAfterFinished"], 600);
+        let pod = &spec_["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never");
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["serviceAccountName"], "stages");
+        assert_eq!(pod["nodeSelector"]["pool"], "ci");
+        assert_eq!(pod["imagePullSecrets"][0]["name"], "pull");
+        assert_eq!(pod["containers"][0]["resources"]["requests"]["cpu"], "250m");
+        assert_eq!(
+            pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "ws"
+        );
+        assert_eq!(pod["volumes"][1]["secret"]["secretName"], "gantry-build-1");
+        assert_eq!(
+            spec_["template"]["metadata"]["labels"][LABEL_STAGE],
+            "build"
+        );
+        let granted = job_object(&cfg(), "gantry-build-1", &spec(), true);
+        assert_eq!(
+            granted["spec"]["template"]["spec"]["automountServiceAccountToken"],
+            true
+        );
+        // The typed API accepts it.
+        let _: Job = serde_json::from_value(job).unwrap();
+        let secret = secret_object(&cfg(), "gantry-build-1", &spec()).unwrap();
+        let inner: StageSpec =
+            serde_json::from_str(secret["stringData"][SPEC_KEY].as_str().unwrap()).unwrap();
+        assert_eq!(inner, spec());
+    }
+
     #[test]
     fn job_names_are_dns_labels() {
         let n = job_name("19a0b1c2d3e-00ff", "Build_Image.For-Prod ", 2);
