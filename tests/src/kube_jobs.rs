@@ -98,7 +98,7 @@ pub struct Cluster {
     pub image: String,
     pub kubeconfig: PathBuf,
     pub pods: tempfile::TempDir,
-    _registry: Registry,
+    pub registry: Registry,
 }
 
 impl Cluster {
@@ -134,7 +134,7 @@ impl Cluster {
             ws,
             image,
             kubeconfig,
-            _registry: registry,
+            registry,
             pods,
         }
     }

@@ -446,7 +446,7 @@ fn the_gantry_image_is_built_by_gantry_reproducibly() {
     )
     .unwrap();
     assert_eq!(config["config"]["Entrypoint"], json!(["/gantry"]));
-    // scratch + the binary + what it links: nothing else.
+    // scratch + the binary + what it links + the CA bundle: nothing else.
     let layer = std::fs::File::open(layout_blob(
         manifest["layers"][0]["digest"].as_str().unwrap(),
     ))
@@ -506,4 +506,28 @@ fn a_missing_claim_or_an_image_that_cannot_be_pulled_fails_the_stage_at_once() {
     wait_until("the Job to go", Duration::from_secs(10), || {
         c.jobs().is_empty()
     });
+}
+
+#[test]
+fn a_plugin_from_a_registry_is_pulled_in_the_pod_at_the_pinned_digest() {
+    let c = Cluster::start();
+    let reference = format!("oci://{}/plugins/echo:1", c.registry.addr);
+    let digest = gantry_e2e::oci::push(&c.ws, "echo", &reference, &[]);
+    c.manifest("  - name: one\n    uses: echo\n    with: { message: from-the-registry }\n");
+    let manifest = c.ws.path().join("pipeline.yaml");
+    let text = read(&manifest).replace(
+        "echo: { path: echo.wasm }",
+        &format!("echo: {{ oci: \"{reference}\", insecure: true }}"),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    std::fs::remove_file(c.ws.path().join("echo.wasm")).unwrap();
+    let out = c.run();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains("echo: from-the-registry"),
+        "{}",
+        out.all()
+    );
+    // The host pinned it; the pod fetched that pin (`--locked`), not the tag.
+    assert!(read(&c.ws.path().join("gantry.lock")).contains(&digest));
 }
