@@ -306,7 +306,14 @@ impl Resume {
                 .iter()
                 .map(|(name, (ran, by_cancel))| {
                     let why = if *by_cancel { "cancelled" } else { "cut off" };
-                    format!("{name} ({why} after {})", secs(*ran))
+                    match self.jobs.get(name) {
+                        // A Job outlives its host: it is followed again, not rerun.
+                        Some(job) if !by_cancel => format!(
+                            "{name} (its host {why} after {}; Kubernetes Job {job} is looked up first)",
+                            secs(*ran)
+                        ),
+                        _ => format!("{name} ({why} after {})", secs(*ran)),
+                    }
                 })
                 .collect();
             lines.push(format!(

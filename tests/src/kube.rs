@@ -279,6 +279,17 @@ impl KubeApi {
         }
     }
 
+    /// Delete an object as a client would (background propagation: what it
+    /// owns goes too); false when there was none.
+    pub fn delete(&self, group_version: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let Some(res) = resources::find_gv(group_version, plural) else {
+            return false;
+        };
+        lock(&self.shared.store)
+            .delete(&(res, namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
     /// Every stored object of a type (`"batch/v1"`, `"jobs"`) in `namespace`.
     pub fn objects(&self, group_version: &str, plural: &str, namespace: &str) -> Vec<Value> {
         let Some(res) = resources::find_gv(group_version, plural) else {

@@ -531,3 +531,30 @@ fn a_plugin_from_a_registry_is_pulled_in_the_pod_at_the_pinned_digest() {
     // The host pinned it; the pod fetched that pin (`--locked`), not the tag.
     assert!(read(&c.ws.path().join("gantry.lock")).contains(&digest));
 }
+
+#[test]
+fn a_job_deleted_by_someone_else_fails_its_stage_with_a_clear_error() {
+    let c = Cluster::start();
+    c.manifest("  - name: long\n    uses: echo\n    with: { message: zzz, sleep_ms: 60000 }\n");
+    let child =
+        c.ws.command(&["run", "pipeline.yaml"])
+            .env("KJ_TOKEN", "s3cret-token-value")
+            .env("KJ_OTHER", "other-secret-value")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let job = c.wait_for_running_pod();
+    assert!(c.api.delete("batch/v1", "jobs", "ci", &job));
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("Job ci/{job} was deleted before it finished")),
+        "{all}"
+    );
+}

@@ -426,27 +426,29 @@ impl Attempt<'_> {
         };
         self.register(&name);
         self.reporter.debug(&format!("{stage}: Job {ns}/{name}"));
-        let follow = tokio::spawn(follow_log(
+        // Stopped with the attempt, however it ends (a cancel drops it).
+        let mut follow = AbortOnDrop(tokio::spawn(follow_log(
             self.client.clone(),
             ns.clone(),
             name.clone(),
             self.log.clone(),
             self.reporter.clone(),
-        ));
+        )));
         let end = tokio::select! {
-            end = wait_for_job(jobs.clone(), &name) => end?,
+            end = wait_for_job(jobs.clone(), &name) => end,
             problem = pod_problem(self.client.clone(), ns, &name) => {
                 // The pod cannot start: delete the Job rather than wait out its deadline.
                 let _ = jobs.delete(&name, &DeleteParams::background()).await;
-                ("Failed".into(), problem.0, problem.1)
+                Ok(("Failed".into(), problem.0, problem.1))
             }
         };
         // The log ends with the container; a pod that never ran has none.
-        let _ = tokio::time::timeout(Duration::from_secs(10), follow).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut follow.0).await;
+        drop(follow);
         forget(&name);
         // The spec (with the stage's secrets) is not needed once the pod ended.
         let _ = secrets.delete(&name, &DeleteParams::background()).await;
-        self.outcome(&name, end).await
+        self.outcome(&name, end?).await
     }
 
     /// What a cancel of the run deletes (once per name).
@@ -611,22 +613,44 @@ fn to_outcome(r: &StageReport) -> Result<Outcome, Failure> {
     }
 }
 
-/// Watch the Job until it is `Complete` or `Failed`.
+/// A task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watch the Job until it is `Complete` or `Failed`. A Job deleted (or
+/// never there) before it ended is an error naming it: the host would
+/// otherwise wait for a condition that cannot come.
 async fn wait_for_job(jobs: Api<Job>, name: &str) -> anyhow::Result<(String, String, String)> {
+    use watcher::Event;
+    let ns = jobs.namespace().unwrap_or_default().to_string();
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(jobs, config)
-        .default_backoff()
-        .touched_objects()
-        .boxed();
+    let mut events = watcher(jobs, config).default_backoff().boxed();
+    let mut seen = false;
+    let gone = || {
+        anyhow::anyhow!(
+            "Job {ns}/{name} was deleted before it finished (by someone else: gantry deletes \
+             a Job only when the run is cancelled)"
+        )
+    };
     loop {
         match events.try_next().await {
-            Ok(Some(job)) => {
+            Ok(Some(Event::Apply(job) | Event::InitApply(job))) => {
+                seen = true;
                 if let Some(end) = finished(&job) {
                     return Ok(end);
                 }
             }
-            Ok(None) => anyhow::bail!("the watch on Job {name} ended"),
-            Err(e) => anyhow::bail!("watching Job {name}: {e}"),
+            Ok(Some(Event::Delete(_))) => return Err(gone()),
+            // A (re)list found nothing: the Job is gone.
+            Ok(Some(Event::InitDone)) if !seen => return Err(gone()),
+            Ok(Some(Event::Init | Event::InitDone)) => seen = false,
+            Ok(None) => anyhow::bail!("the watch on Job {ns}/{name} ended"),
+            Err(e) => anyhow::bail!("watching Job {ns}/{name}: {e}"),
         }
     }
 }
