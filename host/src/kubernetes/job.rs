@@ -810,6 +810,38 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_knows_the_last_job_of_each_unfinished_stage() {
+        let job = |stage: &str, job: &str| Record::StageJob {
+            stage: stage.into(),
+            attempt: 1,
+            namespace: "ci".into(),
+            job: job.into(),
+            ts_ms: 1,
+        };
+        let records = vec![
+            job("a", "gantry-a-1"),
+            Record::StageFinished {
+                stage: "a".into(),
+                status: "succeeded".into(),
+                detail: String::new(),
+                duration_ms: 1,
+                outputs: vec![],
+                artifacts: vec![],
+                denials: vec![],
+                ts_ms: 2,
+                reused_from: None,
+            },
+            job("b", "gantry-b-1"),
+            job("b", "gantry-b-2"),
+        ];
+        let resume = crate::pipeline::Resume::from_records(&records);
+        assert_eq!(
+            resume.jobs.into_iter().collect::<Vec<_>>(),
+            [("b".to_string(), "gantry-b-2".to_string())]
+        );
+    }
+
+    #[test]
     fn job_names_are_dns_labels() {
         let n = job_name("19a0b1c2d3e-00ff", "Build_Image.For-Prod ", 2);
         assert!(super::super::config::dns_label(&n), "{n}");
