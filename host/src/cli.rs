@@ -278,6 +278,26 @@ enum Command {
         # yaml-language-server: $schema=../../schema/gantry-manifest.schema.json"
     )]
     Schema,
+    /// Run one stage of a run whose stages are Kubernetes Jobs: what the
+    /// stage's pod runs (`executor: kubernetes`), not a command for people.
+    #[command(
+        hide = true,
+        after_help = "Reads the stage spec the host wrote (the stage's Kubernetes Secret), plans the \
+        manifest in the workspace volume, runs the stage with its grants and limits, logs to \
+        stdout and writes its report to the termination-message path. Exit status: 0 when the \
+        stage succeeded, 1 when it failed, 2 when it could not run."
+    )]
+    Stage {
+        /// The stage spec (JSON).
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        /// The workspace volume.
+        #[arg(long, value_name = "DIR", default_value = crate::kubernetes::spec::WORKSPACE_MOUNT)]
+        workspace: PathBuf,
+        /// Where the report goes (Kubernetes reads it as the termination message).
+        #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+        result: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -1127,6 +1147,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 lang.build_command()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Stage {
+            spec,
+            workspace,
+            result,
+        } => {
+            let runtime = new_runtime(options, &console)?;
+            let code = crate::kubernetes::worker::run(&runtime, &spec, &workspace, &result).await;
+            Ok(ExitCode::from(code))
         }
         Command::Schema => {
             out!(

@@ -99,6 +99,15 @@ pub enum Record {
         plugin_digest: Option<String>,
         ts_ms: u64,
     },
+    /// A stage attempt runs as this Kubernetes Job (`executor: kubernetes`);
+    /// written before the Job is created, so that a resume re-attaches to it.
+    StageJob {
+        stage: String,
+        attempt: u32,
+        namespace: String,
+        job: String,
+        ts_ms: u64,
+    },
     /// A transient failure that will be retried.
     StageRetry {
         stage: String,

@@ -22,6 +22,8 @@
 //! - [`triggers`], [`webhook`] and [`git`]: which pushes start a run, webhook
 //!   deliveries (GitHub, Azure DevOps), polling and checkouts with real git.
 //! - [`web`]: the dashboard of `gantry serve` and `gantry report`'s HTML.
+//! - [`kubernetes`]: stages as Kubernetes Jobs (`executor: kubernetes`), and the
+//!   single-stage worker (`gantry stage`) their pods run.
 //! - [`cli`]: the `gantry` command line.
 
 pub mod capabilities;
@@ -33,6 +35,7 @@ pub mod expr;
 mod fuzz;
 pub mod git;
 pub mod journal;
+pub mod kubernetes;
 pub mod manifest;
 pub mod nofollow;
 pub mod oci;

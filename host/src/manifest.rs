@@ -53,6 +53,12 @@ pub struct Manifest {
     /// environments may name another.
     #[serde(default)]
     pub cluster: Option<ClusterTarget>,
+    /// Where stages run: `local` (this process, the default) or
+    /// `{ kubernetes: {...} }` (each stage a Kubernetes Job); environments may
+    /// choose another.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::kubernetes::config::Executor>")]
+    pub executor: Option<Spanned<crate::kubernetes::config::Executor>>,
     /// Named overlays: per environment, change stages' config or provider,
     /// variables, secret sources and telemetry sinks.
     #[serde(default)]
@@ -182,6 +188,10 @@ pub struct Environment {
     /// Replaces the top-level cluster.
     #[serde(default)]
     pub cluster: Option<ClusterTarget>,
+    /// Replaces the top-level executor: `local`, or `{ kubernetes: {...} }`.
+    #[serde(default)]
+    #[schemars(with = "Option<crate::kubernetes::config::Executor>")]
+    pub executor: Option<Spanned<crate::kubernetes::config::Executor>>,
 }
 
 /// A Kubernetes cluster: a kubeconfig and one of its contexts. Its credentials

@@ -202,6 +202,9 @@ pub struct Resume {
     /// long they had been running when the journal stopped (ms) and whether a
     /// cancellation (rather than a crash) stopped them.
     pub interrupted: BTreeMap<String, (u64, bool)>,
+    /// The last Kubernetes Job of each stage run as one (`executor:
+    /// kubernetes`): a resume re-attaches to it if the stage did not finish.
+    pub jobs: BTreeMap<String, String>,
 }
 
 impl Resume {
@@ -211,8 +214,12 @@ impl Resume {
         let mut started_ms = None;
         let mut cancelled: Vec<String> = vec![];
         let mut last_ts = 0;
+        let mut jobs = BTreeMap::new();
         for r in records {
             match r {
+                Record::StageJob { stage, job, .. } => {
+                    jobs.insert(stage.clone(), job.clone());
+                }
                 Record::RunStarted { ts_ms, .. } => started_ms = Some(*ts_ms),
                 Record::StageStarted { stage, ts_ms, .. } => {
                     started.entry(stage.clone()).or_insert(*ts_ms);
@@ -257,10 +264,12 @@ impl Resume {
                 (stage, (last_ts.saturating_sub(ts), by_cancel))
             })
             .collect();
+        jobs.retain(|stage, _| !finished.contains_key(stage));
         Self {
             started_ms,
             finished,
             interrupted,
+            jobs,
         }
     }
 
@@ -297,7 +306,14 @@ impl Resume {
                 .iter()
                 .map(|(name, (ran, by_cancel))| {
                     let why = if *by_cancel { "cancelled" } else { "cut off" };
-                    format!("{name} ({why} after {})", secs(*ran))
+                    match self.jobs.get(name) {
+                        // A Job outlives its host: it is followed again, not rerun.
+                        Some(job) if !by_cancel => format!(
+                            "{name} (its host {why} after {}; Kubernetes Job {job} is looked up first)",
+                            secs(*ran)
+                        ),
+                        _ => format!("{name} ({why} after {})", secs(*ran)),
+                    }
                 })
                 .collect();
             lines.push(format!(
@@ -315,6 +331,7 @@ fn record_ts(r: &Record) -> u64 {
         Record::RunStarted { ts_ms, .. }
         | Record::StageStarted { ts_ms, .. }
         | Record::StageRetry { ts_ms, .. }
+        | Record::StageJob { ts_ms, .. }
         | Record::StageFinished { ts_ms, .. }
         | Record::RunCancelled { ts_ms, .. }
         | Record::RunResumed { ts_ms }
@@ -701,6 +718,7 @@ impl Pipeline<'_> {
                         ctx,
                         context,
                         journal,
+                        resume.jobs.get(&unit.name).cloned(),
                     ));
                 }
             }
@@ -722,6 +740,10 @@ impl Pipeline<'_> {
                     // Dropping the futures drops their Stores and kills the
                     // programs they started; the stages run again on resume.
                     drop(running);
+                    // Stages running as Kubernetes Jobs stop with their Jobs.
+                    for job in crate::kubernetes::job::cancel_run(&self.run_id).await {
+                        self.reporter.debug(&format!("deleted Job {job}"));
+                    }
                     let stopped: Vec<String> = started.iter().filter(|s| !done.contains_key(*s)).cloned().collect();
                     journal.lock().unwrap().append(&Record::RunCancelled { stages: stopped.clone(), ts_ms: now_ms() })?;
                     let by = match signo {
@@ -855,6 +877,7 @@ impl Pipeline<'_> {
         ctx: &InstanceContext,
         context: Result<StageContext, String>,
         journal: &Mutex<Journal>,
+        mut reattach: Option<String>,
     ) -> (StageResult, Duration) {
         self.reporter.stage_started(&unit.name, &unit.uses);
         ctx.collector.push(
@@ -863,12 +886,32 @@ impl Pipeline<'_> {
         );
         let started = Instant::now();
         let mut attempt = 1;
+        let mut job_note = None;
         let (outcome, denials) = loop {
             let (outcome, denials) = match &context {
                 Err(e) => (
                     Err(Failure::Setup(format!("cannot resolve its config: {e}"))),
                     vec![],
                 ),
+                // `executor: kubernetes`: the attempt runs as a Job (same
+                // grants and limits, in the pod's worker), followed from here.
+                Ok(context) if self.plan.executor.is_some() => {
+                    let jobs = self.plan.executor.as_ref().expect("checked by the guard");
+                    let r = self
+                        .run_job(
+                            jobs,
+                            unit,
+                            &plugin,
+                            ctx,
+                            context,
+                            attempt,
+                            journal,
+                            reattach.take(),
+                        )
+                        .await;
+                    job_note = r.note;
+                    (r.outcome, r.denials)
+                }
                 Ok(context) => {
                     let subject = Subject::new(&unit.name, &unit.field);
                     match StageState::prepare(ctx, subject, &unit.grants, &unit.limits) {
@@ -949,6 +992,9 @@ impl Pipeline<'_> {
                     ctx.redactor
                         .redact(&format!("{}: {}", f.kind(), f.message(&unit.name)));
             }
+        }
+        if let Some(note) = job_note {
+            result.detail = format!("{} ({note})", result.detail);
         }
         (result, elapsed)
     }
@@ -1068,7 +1114,7 @@ pub(crate) fn manifest_dir(manifest: &Path) -> std::path::PathBuf {
     }
 }
 
-fn from_wit(a: &Artifact) -> ArtifactRecord {
+pub(crate) fn from_wit(a: &Artifact) -> ArtifactRecord {
     ArtifactRecord {
         name: a.name.clone(),
         media_type: a.media_type.clone(),
@@ -1095,7 +1141,7 @@ fn redact_artifact(a: ArtifactRecord, r: &crate::redact::Redactor) -> ArtifactRe
     }
 }
 
-fn to_wit(a: &ArtifactRecord) -> Artifact {
+pub(crate) fn to_wit(a: &ArtifactRecord) -> Artifact {
     Artifact {
         name: a.name.clone(),
         media_type: a.media_type.clone(),

@@ -69,6 +69,8 @@ pub struct Plan {
     pub sinks: Vec<Unit>,
     /// The cluster of this environment, its kubeconfig path made absolute.
     pub cluster: Option<ClusterTarget>,
+    /// Where stages run: `None` here, or each as a Kubernetes Job.
+    pub executor: Option<crate::kubernetes::config::KubeJobs>,
     /// The promotion chain, when the manifest has one.
     pub promotion: Option<PromotionChain>,
 }
@@ -394,7 +396,20 @@ impl Plan {
                     .to_string(),
                 context: c.context.clone(),
             });
+        let executor = match overlay.and_then(|o| o.executor.as_ref()) {
+            Some(e) => crate::kubernetes::config::resolve(
+                file,
+                &format!("environments.{environment}.executor"),
+                e,
+                &mut errors,
+            ),
+            None => m
+                .executor
+                .as_ref()
+                .and_then(|e| crate::kubernetes::config::resolve(file, "executor", e, &mut errors)),
+        };
         let plan = Plan {
+            executor,
             pipeline: m.pipeline.value.clone(),
             manifest: file.path.clone(),
             workspace: workspace.unwrap_or_default(),

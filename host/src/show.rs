@@ -47,6 +47,7 @@ pub fn plan(plan: &Plan, plugins: &HashMap<String, Arc<Plugin>>) -> serde_json::
         "environment": plan.environment,
         "workspace": plan.workspace,
         "cluster": plan.cluster.as_ref().map(|c| serde_json::json!({"kubeconfig": c.kubeconfig, "context": c.context})),
+        "executor": plan.executor.as_ref().map_or(serde_json::json!("local"), |k| serde_json::json!({"kubernetes": k})),
         "stages": plan.stages.iter().map(unit).collect::<Vec<_>>(),
         "telemetry": plan.sinks.iter().map(unit).collect::<Vec<_>>(),
     })
@@ -63,6 +64,15 @@ pub fn plan_text(shown: &serde_json::Value) -> String {
             .as_str()
             .unwrap_or("its current-context");
         out.push_str(&format!("cluster: {kubeconfig}, context {context}\n"));
+    }
+    if let Some(k) = shown["executor"].get("kubernetes") {
+        let s = |f: &str| k[f].as_str().unwrap_or_default().to_string();
+        out.push_str(&format!(
+            "executor: each stage a Kubernetes Job in namespace {}, image {}, workspace claim {}\n",
+            s("namespace"),
+            s("image"),
+            s("workspace-claim")
+        ));
     }
     let mut section = |title: &str, units: &serde_json::Value| {
         let Some(units) = units.as_array() else {

@@ -9,7 +9,8 @@
 //!   aggregated discovery is not offered, so clients fall back to these), and an
 //!   OpenAPI v3 index whose PATCH operations declare `fieldValidation`, which is what
 //!   makes `kubectl apply` skip client-side schema validation.
-//! - Types: v1 namespaces, pods, services, configmaps, secrets; apps/v1 deployments,
+//! - Types: v1 namespaces, pods, services, configmaps, secrets,
+//!   persistentvolumeclaims; batch/v1 jobs; apps/v1 deployments,
 //!   replicasets; autoscaling/v2 horizontalpodautoscalers; networking.k8s.io/v1
 //!   ingresses; `/status` subresources (main writes keep status, status writes keep
 //!   spec).
@@ -38,6 +39,13 @@
 //!   status (replica counts, Available and Progressing conditions, including
 //!   ProgressDeadlineExceeded) a real controller reports, so `kubectl rollout
 //!   status`/`undo` behave as on a cluster.
+//! - batch/v1 Jobs (conditions `Complete`/`Failed` with `BackoffLimitExceeded`
+//!   and `DeadlineExceeded`, `ttlSecondsAfterFinished`), v1
+//!   persistentvolumeclaims (bound at once), `pods/log` (with `follow=true`),
+//!   DELETE with `propagationPolicy` (`Orphan` keeps the dependents), and a
+//!   kubelet that runs the pods of Jobs for real on the Docker engine once a
+//!   test asks ([`KubeApi::run_pods_on_docker`]; see `jobs.rs` for what it
+//!   does and simplifies).
 //! - Namespaces: `default`, `kube-system`, `kube-public`, `kube-node-lease` exist;
 //!   writing into any other namespace needs it created first (404 otherwise), as on
 //!   a real server. Deleting a namespace deletes its contents at once.
@@ -69,6 +77,7 @@
 mod controller;
 mod fields;
 mod http;
+mod jobs;
 mod resources;
 mod store;
 mod write;
@@ -87,6 +96,10 @@ struct Shared {
     requests: Mutex<Vec<(String, String, String)>>,
     /// `127.0.0.1:PORT`
     addr: String,
+    /// The kubelet that runs pods of Jobs on Docker (idle until enabled).
+    kubelet: Mutex<jobs::Kubelet>,
+    /// The server's certificate, as pods find it next to their token.
+    ca_pem: String,
 }
 
 /// Lock, ignoring poisoning: a panicked handler must not take the server down.
@@ -140,6 +153,7 @@ impl KubeApi {
             .expect("make the listener non-blocking");
         let addr = listener.local_addr().expect("listener address").to_string();
         let (changes, _) = tokio::sync::watch::channel(0);
+        let (tls, ca_pem) = tls_acceptor();
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::new(changes)),
             config: Mutex::new(Config {
@@ -148,11 +162,12 @@ impl KubeApi {
             }),
             requests: Mutex::new(Vec::new()),
             addr,
+            kubelet: Mutex::new(jobs::Kubelet::default()),
+            ca_pem,
         });
         let app = axum::Router::new()
             .fallback(http::handle)
             .with_state(shared.clone());
-        let tls = tls_acceptor();
         runtime.spawn(async move {
             let listener =
                 tokio::net::TcpListener::from_std(listener).expect("register the listener");
@@ -204,6 +219,87 @@ impl KubeApi {
         lock(&self.shared.config)
             .fail
             .push((needle.to_string(), reason.to_string()));
+    }
+
+    /// Run the pods of Jobs for real on the Docker engine from now on, keeping
+    /// their files (volumes, termination messages, unbound claims) under
+    /// `root`. Containers are labelled `gantry-test-kubelet=1`; the server
+    /// removes them when it drops.
+    pub fn run_pods_on_docker(&self, root: &Path) {
+        lock(&self.shared.kubelet).root = Some(root.to_path_buf());
+        if let Some(rt) = &self.runtime {
+            rt.spawn(jobs::run_kubelet(self.shared.clone()));
+        }
+    }
+
+    /// The PersistentVolumeClaim `namespace/name` is the host directory `dir`
+    /// (the claim object itself must still be created, as on a cluster).
+    pub fn bind_claim(&self, namespace: &str, name: &str, dir: &Path) {
+        lock(&self.shared.kubelet)
+            .claims
+            .insert((namespace.into(), name.into()), dir.to_path_buf());
+    }
+
+    /// Create an object as a client would (`POST`), e.g. a namespace or a
+    /// claim a test needs; panics on an error.
+    pub fn create(&self, object: Value) {
+        let gv = object["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let res = resources::RESOURCES
+            .iter()
+            .position(|r| r.kind == kind && r.api_version() == gv)
+            .unwrap_or_else(|| panic!("the server does not serve {gv} {kind}"));
+        let namespace = if resources::RESOURCES[res].namespaced {
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+        } else {
+            ""
+        };
+        let key = (
+            res,
+            namespace.to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let req = write::Request {
+            key,
+            status: false,
+            manager: "test",
+            dry_run: false,
+        };
+        let mut store = lock(&self.shared.store);
+        if let Err(e) = write::write(&mut store, &req, write::Change::Object(object), true) {
+            panic!("creating the object failed: {}", e.message);
+        }
+    }
+
+    /// Delete an object as a client would (background propagation: what it
+    /// owns goes too); false when there was none.
+    pub fn delete(&self, group_version: &str, plural: &str, namespace: &str, name: &str) -> bool {
+        let Some(res) = resources::find_gv(group_version, plural) else {
+            return false;
+        };
+        lock(&self.shared.store)
+            .delete(&(res, namespace.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    /// Every stored object of a type (`"batch/v1"`, `"jobs"`) in `namespace`.
+    pub fn objects(&self, group_version: &str, plural: &str, namespace: &str) -> Vec<Value> {
+        let Some(res) = resources::find_gv(group_version, plural) else {
+            return vec![];
+        };
+        lock(&self.shared.store)
+            .list(res, Some(namespace))
+            .into_iter()
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// Delay before a healthy rollout's new pods are ready (default 200 ms).
@@ -286,12 +382,14 @@ fn write_kubeconfig(path: &Path, cluster: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1.
-fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1, and
+/// that certificate in PEM.
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
     use tokio_rustls::rustls;
     let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
         .expect("generate the server certificate");
     let cert = key.cert.der().clone();
+    let pem = key.cert.pem();
     let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -300,7 +398,7 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
         .with_no_client_auth()
         .with_single_cert(vec![cert], private)
         .expect("the generated certificate is valid");
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), pem)
 }
 
 /// Accept connections, each either TLS or plain HTTP/1.1 (told apart by the first
@@ -337,6 +435,16 @@ async fn serve(
 
 impl Drop for KubeApi {
     fn drop(&mut self) {
+        let containers: Vec<String> = lock(&self.shared.kubelet)
+            .containers
+            .values()
+            .cloned()
+            .collect();
+        for c in containers {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &c])
+                .output();
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -350,12 +458,14 @@ const RESYNC: Duration = Duration::from_millis(50);
 async fn run_controller(shared: Arc<Shared>) {
     let mut changes = lock(&shared.store).subscribe();
     let mut controller = Controller::default();
+    let mut clock = jobs::JobClock::default();
     loop {
         {
             let config = lock(&shared.config).clone();
             let mut store = lock(&shared.store);
             changes.borrow_and_update();
             controller.reconcile(&mut store, &config);
+            jobs::reconcile(&mut store, &mut clock);
         }
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },

@@ -10,6 +10,7 @@ pub mod docker;
 pub mod git;
 pub mod github_issues;
 pub mod kube;
+pub mod kube_jobs;
 pub mod oci;
 pub mod registry_auth;
 pub mod serve;

@@ -224,6 +224,14 @@ impl Ctx<'_> {
         let status = match t.subresource.as_deref() {
             None => false,
             Some("status") if r.has_status => true,
+            Some("log") if t.res == resources::PODS && self.method == Method::GET => {
+                let key = (
+                    t.res,
+                    t.namespace.clone().unwrap_or_default(),
+                    t.name.clone().unwrap_or_default(),
+                );
+                return super::jobs::pod_log(self.sh, &key, self.query.flag("follow"));
+            }
             Some(_) => return Ok(not_found_path()),
         };
         let namespace = t.namespace.clone().unwrap_or_default();
@@ -438,7 +446,30 @@ impl Ctx<'_> {
         let obj = match (dry_run, store.get(&key).cloned()) {
             (_, None) => return Err(ApiError::not_found(r, &key.2)),
             (true, Some(obj)) => obj,
-            (false, Some(_)) => store.delete(&key).expect("the object was just found"),
+            (false, Some(obj)) => {
+                // `Orphan` leaves the dependents, without their owner reference.
+                if self.propagation() == "Orphan" {
+                    let uid = obj["metadata"]["uid"].clone();
+                    let owned: Vec<Key> = store
+                        .objects
+                        .iter()
+                        .filter(|(_, o)| {
+                            o["metadata"]["ownerReferences"]
+                                .as_array()
+                                .is_some_and(|r| r.iter().any(|r| r["uid"] == uid))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in owned {
+                        let mut o = store.get(&k).cloned().expect("listed just now");
+                        if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                            refs.retain(|r| r["uid"] != uid);
+                        }
+                        store.put(&k, o);
+                    }
+                }
+                store.delete(&key).expect("the object was just found")
+            }
         };
         Ok(json_response(
             200,
@@ -447,6 +478,18 @@ impl Ctx<'_> {
                 "details": {"name": key.2, "group": r.group, "kind": r.plural, "uid": obj["metadata"]["uid"]}
             }),
         ))
+    }
+
+    /// `propagationPolicy` of a DELETE, from the query or the DeleteOptions
+    /// body (kube-rs sends the body); `Background` when absent.
+    fn propagation(&self) -> String {
+        if let Some(p) = self.query.get("propagationPolicy") {
+            return p.to_string();
+        }
+        serde_json::from_slice::<Value>(self.body)
+            .ok()
+            .and_then(|b| b["propagationPolicy"].as_str().map(String::from))
+            .unwrap_or_else(|| "Background".into())
     }
 
     fn delete_collection(&self, t: &Target) -> Result<Response, ApiError> {

@@ -146,12 +146,31 @@ pub(crate) static RESOURCES: &[Resource] = &[
             &["ing"],
         )
     },
+    Resource {
+        has_status: true,
+        generation: Generation::Spec,
+        ..res("batch", "v1", "jobs", "job", "Job", &[])
+    },
+    Resource {
+        has_status: true,
+        ..res(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "persistentvolumeclaim",
+            "PersistentVolumeClaim",
+            &["pvc"],
+        )
+    },
 ];
 
 pub(crate) const NAMESPACES: usize = 0;
 pub(crate) const PODS: usize = 1;
 pub(crate) const DEPLOYMENTS: usize = 5;
 pub(crate) const REPLICASETS: usize = 6;
+pub(crate) const SECRETS: usize = 4;
+pub(crate) const JOBS: usize = 9;
+pub(crate) const CLAIMS: usize = 10;
 
 /// The type served at `group/version` under `plural`.
 pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<usize> {

@@ -24,6 +24,8 @@ const REVISION: &str = "deployment.kubernetes.io/revision";
 pub struct Connection {
     target: Option<ClusterTarget>,
     environment: String,
+    /// Inside a stage's pod: the pod's own service account (`gantry stage`).
+    in_cluster: bool,
     client: tokio::sync::OnceCell<Result<kube::Client, String>>,
 }
 
@@ -32,13 +34,32 @@ impl Connection {
         Self {
             target,
             environment: environment.to_string(),
+            in_cluster: false,
             client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The cluster a pod runs in, through its mounted service-account token
+    /// (a stage run as a Kubernetes Job and granted `cluster`).
+    pub fn in_cluster(environment: &str) -> Self {
+        Self {
+            in_cluster: true,
+            ..Self::new(None, environment)
         }
     }
 
     async fn client(&self) -> Result<kube::Client, HostError> {
         self.client
-            .get_or_init(|| connect(self.target.as_ref(), &self.environment))
+            .get_or_init(|| async {
+                if self.in_cluster {
+                    let config = kube::Config::incluster().map_err(|e| {
+                        format!("the pod's service account (is `cluster` granted?): {e}")
+                    })?;
+                    return kube::Client::try_from(config)
+                        .map_err(|e| format!("cluster client: {e}"));
+                }
+                connect(self.target.as_ref(), &self.environment).await
+            })
             .await
             .clone()
             .map_err(HostError::Unavailable)
@@ -325,7 +346,7 @@ impl Connection {
     }
 }
 
-async fn connect(
+pub(crate) async fn connect(
     target: Option<&ClusterTarget>,
     environment: &str,
 ) -> Result<kube::Client, String> {
