@@ -29,6 +29,8 @@ pub struct StageView {
     /// Transient failures that were retried.
     pub retries: Vec<String>,
     pub reused_from: Option<String>,
+    /// `namespace/job` of the Kubernetes Job its last attempt ran as.
+    pub job: Option<String>,
     /// The stages it needs (from the manifest, when it is unchanged since the
     /// run started); empty when unknown.
     pub needs: Vec<String>,
@@ -157,6 +159,14 @@ impl RunView {
                         s.started_ms = Some(*ts_ms);
                     }
                     s.finished_ms = None;
+                }
+                Record::StageJob {
+                    stage: name,
+                    namespace,
+                    job,
+                    ..
+                } => {
+                    stage(&mut stages, name).job = Some(format!("{namespace}/{job}"));
                 }
                 Record::StageRetry {
                     stage: name,
@@ -452,6 +462,13 @@ mod tests {
                 plugin_digest: None,
                 ts_ms: 1300,
             },
+            Record::StageJob {
+                stage: "build".into(),
+                attempt: 2,
+                namespace: "ci".into(),
+                job: "gantry-r1-build-2".into(),
+                ts_ms: 1310,
+            },
             finished("build", "succeeded", "built", 1800),
         ];
         let run = RunView::from_records("r1", &records);
@@ -465,6 +482,8 @@ mod tests {
             ("succeeded", 2, Some(1100), Some(1800))
         );
         assert_eq!(b.retries, ["attempt 1: registry 503"]);
+        assert_eq!(b.job.as_deref(), Some("ci/gantry-r1-build-2"));
+        assert_eq!(run.stages[1].job, None);
         assert_eq!(run.stages[1].status, "pending");
         let mut records = records;
         records.push(finished("gate", "failed", "failed: probe failed: http://x/: 1 of 3 consecutive 2xx answers within 30s (9 probes, last: HTTP 503); rolled back", 2000));

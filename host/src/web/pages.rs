@@ -89,6 +89,7 @@ fn stage_table(run: &RunView) -> Markup {
                             (badge(&s.status))
                             @if s.attempts > 1 { " (attempt " (s.attempts) ")" }
                             @if let Some(from) = &s.reused_from { br; small { "reused from run " (from) } }
+                            @if let Some(job) = &s.job { br; small { "Kubernetes Job " (job) } }
                         }
                         td { (s.duration_ms.map(secs).unwrap_or_default()) }
                         td { (outputs(s)) }
