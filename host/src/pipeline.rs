@@ -687,9 +687,10 @@ impl Pipeline<'_> {
                     started.push(unit.name.clone());
                     progressed = true;
                     let skip = match unit.needs.iter().find(|n| !done[*n].succeeded()) {
-                        Some(need) => {
-                            Some(format!("skipped: it needs `{need}`, which did not succeed"))
-                        }
+                        Some(need) => Some(match done[need].status.as_str() {
+                            "skipped" => format!("skipped: it needs `{need}`, which was skipped"),
+                            _ => format!("skipped: it needs `{need}`, which did not succeed"),
+                        }),
                         None => match self.condition(unit, &done) {
                             Ok(true) => None,
                             Ok(false) => Some(format!(

@@ -69,10 +69,19 @@ stages:
     needs: [broken]
   - name: independent
     uses: "{noop}"
+  - name: after-dependent
+    uses: "{noop}"
+    needs: [dependent]
 "#,
     );
     let out = ws.run();
     assert_eq!(out.code, Some(1));
+    // Down a chain, each says why in its own terms.
+    let line = out.stage_line("after-dependent");
+    assert!(
+        line.contains("skipped: it needs `dependent`, which was skipped"),
+        "{line}"
+    );
     let line = out.stage_line("dependent");
     assert!(
         line.starts_with("⊘ dependent")
