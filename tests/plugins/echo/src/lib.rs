@@ -66,7 +66,11 @@ impl Guest for Echo {
                 .append(true)
                 .open(path)
                 .map_err(|e| StageError::Failed(format!("cannot open {path}: {e}")))?;
-            writeln!(f, "{}", ctx.stage).map_err(|e| StageError::Failed(e.to_string()))?;
+            // One write of the whole line: `writeln!` writes the name and the
+            // newline separately, and a host killed between the two left a
+            // torn line that the next append ran on ("secondsecond").
+            f.write_all(format!("{}\n", ctx.stage).as_bytes())
+                .map_err(|e| StageError::Failed(e.to_string()))?;
         }
         for i in 1..=cfg.ticks {
             gantry_sdk::info(format!("tick {i}"));
