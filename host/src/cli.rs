@@ -823,9 +823,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => {
             let client = crate::serve::client::ApiClient::new(&server)?;
-            let id: i64 = run_id.parse().map_err(|_| {
-                anyhow::anyhow!("`{run_id}`: with --server, a run is the service's run number")
-            })?;
+            let id = service_run(&run_id)?;
             client
                 .post(&format!("/api/v1/runs/{id}/resume"), serde_json::json!({}))
                 .await?;
@@ -859,9 +857,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => {
             let client = crate::serve::client::ApiClient::new(&server)?;
-            let id: i64 = run_id.parse().map_err(|_| {
-                anyhow::anyhow!("`{run_id}`: with --server, a run is the service's run number")
-            })?;
+            let id = service_run(&run_id)?;
             let v = client
                 .post(
                     &format!("/api/v1/runs/{id}/promote"),
@@ -1773,13 +1769,17 @@ async fn server_runs(server: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A run named on the command line with `--server`: the service's number.
+fn service_run(run: &str) -> anyhow::Result<i64> {
+    run.parse()
+        .map_err(|_| anyhow::anyhow!("`{run}`: with --server, a run is the service's run number"))
+}
+
 /// `gantry logs RUN [STAGE] --server URL`: a stage's log, followed live
 /// until the run ends; without a stage, the run's stages.
 async fn server_logs(server: &str, run: &str, stage: Option<&str>) -> anyhow::Result<ExitCode> {
     let client = crate::serve::client::ApiClient::new(server)?;
-    let id: i64 = run.parse().map_err(|_| {
-        anyhow::anyhow!("`{run}`: with --server, a run is the service's run number")
-    })?;
+    let id = service_run(run)?;
     let Some(stage) = stage else {
         let v = client.get(&format!("/api/v1/runs/{id}")).await?;
         for s in v["stages"].as_array().cloned().unwrap_or_default() {

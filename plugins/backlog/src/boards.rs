@@ -2,7 +2,7 @@
 //! guarded by `test /rev` from a fresh GET, carrying the history entry, the
 //! links and, for a `Fixes AB#N` mention, the state.
 
-use crate::client::{Client, Failure, escape, is_html};
+use crate::client::{Client, Failure, error_text, escape, is_html};
 use crate::mentions::Item;
 use crate::report::{Deployment, Fatal, ItemReport};
 use gantry_sdk::StageError;
@@ -76,23 +76,6 @@ pub fn authorization(auth: Auth, token: &str) -> String {
 pub struct Boards<'a> {
     pub cfg: &'a Config,
     pub client: Client,
-}
-
-/// The `message` of the service's error body (`TF401320: ...`), else the
-/// start of the body.
-fn error_text(r: &Response) -> String {
-    let body = String::from_utf8_lossy(&r.body);
-    let message = serde_json::from_slice::<Value>(&r.body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string));
-    match message {
-        Some(m) => format!("HTTP {}: {m}", r.status),
-        None => format!(
-            "HTTP {}: {}",
-            r.status,
-            body.chars().take(200).collect::<String>().trim()
-        ),
-    }
 }
 
 fn segment(s: &str) -> String {

@@ -163,6 +163,22 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// What a refusal says: the `message` of the service's JSON error body
+/// (Azure DevOps `TF401320: ...`, GitHub `Not Found`), else the start of
+/// the body; with the status.
+pub fn error_text(r: &Response) -> String {
+    let message = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string));
+    match message {
+        Some(m) => format!("HTTP {}: {m}", r.status),
+        None => {
+            let body: String = String::from_utf8_lossy(&r.body).chars().take(200).collect();
+            format!("HTTP {}: {}", r.status, body.trim())
+        }
+    }
+}
+
 /// Whether a response body is an HTML page (a sign-in page instead of JSON).
 pub fn is_html(r: &Response) -> bool {
     r.header("content-type")

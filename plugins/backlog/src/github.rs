@@ -3,7 +3,7 @@
 //! last a comment carrying the deployment's marker (so a run that stopped
 //! half-way writes what is missing when it is run again).
 
-use crate::client::{Client, Failure};
+use crate::client::{Client, Failure, error_text};
 use crate::mentions::Item;
 use crate::report::{Deployment, Fatal, ItemReport};
 use gantry_sdk::StageError;
@@ -47,24 +47,6 @@ pub fn headers() -> Vec<(&'static str, String)> {
         ("x-github-api-version", "2022-11-28".into()),
         ("user-agent", "gantry-backlog".into()),
     ]
-}
-
-fn error_text(r: &Response) -> String {
-    let message = serde_json::from_slice::<Value>(&r.body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string));
-    match message {
-        Some(m) => format!("HTTP {}: {m}", r.status),
-        None => format!(
-            "HTTP {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-                .chars()
-                .take(200)
-                .collect::<String>()
-                .trim()
-        ),
-    }
 }
 
 pub struct Issues<'a> {
